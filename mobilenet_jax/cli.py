@@ -1,0 +1,80 @@
+"""What every command-line entry point shares: one-line errors for people."""
+
+import runpy
+import sys
+
+from absl import app
+from absl import flags
+
+from mobilenet_jax.errors import ConfigError
+
+OVERRIDE = "--config."
+
+
+def fail(message: str):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def unknown_key(config, path: str):
+  """The first key of a dotted `path` that `config` lacks, and the valid ones."""
+  node, seen = config, []
+  for key in path.split("."):
+    if not hasattr(node, "keys") or key not in node:
+      valid = sorted(node.keys()) if hasattr(node, "keys") else []
+      where = ".".join(["config"] + seen)
+      return (f"unknown config key {'.'.join(seen + [key])!r}; valid keys of "
+              f"{where}: {', '.join(valid)}.")
+    node, seen = node[key], seen + [key]
+  return None
+
+
+def config_file_arg(argv):
+  """The value of --config in argv ("path[:arg]"), or None."""
+  for i, a in enumerate(argv):
+    if a.startswith("--config="):
+      return a.split("=", 1)[1]
+    if a == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def load_config(spec: str):
+  """Runs get_config(arg) of a config file given as "path[:arg]"."""
+  path, _, arg = spec.partition(":")
+  get_config = runpy.run_path(path)["get_config"]
+  return get_config(arg) if arg else get_config()
+
+
+def parse_flags(argv):
+  """absl flag parsing that turns a bad --config* flag into one line."""
+  try:
+    rest = flags.FLAGS(argv)
+    if "config" in flags.FLAGS:
+      flags.FLAGS.config.keys()  # config_flags loads lazily: fail here
+    return rest
+  except Exception as e:  # config_flags raises several types for one mistake
+    message = f"{type(e).__name__}: {e}".splitlines()[0]
+    spec = config_file_arg(argv)
+    if spec is None:
+      fail(message)
+    try:
+      config = load_config(spec)
+    except Exception as load_error:
+      fail(f"cannot load config {spec!r}: {load_error}".splitlines()[0])
+    for arg in argv[1:]:
+      if arg.startswith(OVERRIDE):
+        unknown = unknown_key(config, arg[len(OVERRIDE):].split("=")[0])
+        if unknown:
+          fail(unknown)
+    fail(f"bad config flag: {message}")
+
+
+def run(main):
+  """absl's app.run, with ConfigError printed as one line and exit status 2."""
+  def guarded(argv):
+    try:
+      return main(argv)
+    except ConfigError as e:
+      fail(str(e))
+  app.run(guarded, flags_parser=parse_flags)

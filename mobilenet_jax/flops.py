@@ -1,0 +1,128 @@
+"""Analytic parameter and multiply-add counts, layer by layer.
+
+Counting convention (V1 paper, Section 3; the seed notes' formula): a k x k
+convolution from c_in to c_out channels in `groups` groups on an h x w output
+map costs k*k*(c_in/groups)*c_out*h*w multiply-adds, so a depthwise conv costs
+k*k*c*h*w and a pointwise conv c_in*c_out*h*w; a dense layer c_in*c_out.
+Batch norm, activations, pooling and residual adds are not counted. Parameters
+count every variable as Keras does: conv kernels, biases, and batch norm's
+scale, offset (trainable) and moving mean and variance (not trainable).
+
+This walks the same block tables and channel rules as the models but not
+their code, so tests can check one against the other.
+"""
+
+import dataclasses
+import math
+from typing import List, Optional, Tuple
+
+from mobilenet_jax.models import get_model, mobilenet_v1, mobilenet_v2
+from mobilenet_jax.models.common import check_image_size
+from mobilenet_jax.models.layers import expanded_channels
+
+
+@dataclasses.dataclass
+class Layer:
+  """One convolution or dense layer, with its batch norm if it has one."""
+  name: str
+  operator: str             # e.g. "conv2d 3x3", "dwconv 3x3", "dense"
+  input_shape: Tuple[int, int, int]
+  output_shape: Tuple[int, int, int]
+  stride: int
+  params: int               # all variables
+  trainable_params: int
+  madds: int
+  group: str                # the paper-table row this layer belongs to
+
+
+def conv(name, group, in_shape, c_out, k, stride, groups=1, out_hw=None,
+         bn=True, bias=False) -> Layer:
+  """A k x k conv (+ BN); `out_hw` defaults to TF "SAME" (ceil(h / s))."""
+  h, w, c_in = in_shape
+  oh, ow = out_hw or (math.ceil(h / stride), math.ceil(w / stride))
+  weights = k * k * (c_in // groups) * c_out + (c_out if bias else 0)
+  trainable = weights + (2 * c_out if bn else 0)
+  total = trainable + (2 * c_out if bn else 0)
+  op = ("dwconv" if groups > 1 and groups == c_in else "conv2d") + f" {k}x{k}"
+  return Layer(name, op, in_shape, (oh, ow, c_out), stride, total, trainable,
+               k * k * (c_in // groups) * c_out * oh * ow, group)
+
+
+def dense(name, c_in, c_out) -> Layer:
+  p = c_in * c_out + c_out
+  return Layer(name, "dense", (1, 1, c_in), (1, 1, c_out), 1, p, p,
+               c_in * c_out, "classifier")
+
+
+def keras_v1_hw(shape, stride):
+  """V1's stride-2 convs pad (0, 1) then run 'valid' (Keras); stride 1 is SAME."""
+  h, w, _ = shape
+  return (h, w) if stride == 1 else ((h - 2) // 2 + 1, (w - 2) // 2 + 1)
+
+
+def v1_layers(m: mobilenet_v1.MobileNetV1, image_size: int) -> List[Layer]:
+  check_image_size(image_size, "MobileNetV1")
+  shape = (image_size, image_size, 3)
+  c0 = mobilenet_v1.width(mobilenet_v1.STEM_CHANNELS, m.alpha)
+  layers = [conv("stem", "stem", shape, c0, 3, 2, out_hw=keras_v1_hw(shape, 2))]
+  for i, c, s in mobilenet_v1.block_plan(m.blocks, m.shallow):
+    shape = layers[-1].output_shape
+    c = mobilenet_v1.width(c, m.alpha)
+    hw = keras_v1_hw(shape, s)
+    group = f"{'conv' if m.conv_type == 'full' else 'separable'} c={c} s={s}"
+    if m.conv_type == "full":
+      layers.append(conv(f"block_{i}/conv", group, shape, c, 3, s, out_hw=hw))
+    else:
+      dw = shape[2] * m.depth_multiplier
+      layers.append(conv(f"block_{i}/depthwise", group, shape, dw, 3, s,
+                         groups=shape[2], out_hw=hw))
+      layers.append(conv(f"block_{i}/pointwise", group,
+                         layers[-1].output_shape, c, 1, 1))
+  return layers + head(m, layers[-1].output_shape)
+
+
+def v2_layers(m: mobilenet_v2.MobileNetV2, image_size: int) -> List[Layer]:
+  check_image_size(image_size, "MobileNetV2")
+  shape = (image_size, image_size, 3)
+  layers = [conv("stem", "stem", shape,
+                 mobilenet_v2.make_divisible(32 * m.alpha), 3, 2)]
+  plan = mobilenet_v2.block_plan(m.blocks, m.expansion)
+  for i, (t, c, s) in enumerate(plan):
+    shape = layers[-1].output_shape
+    c = mobilenet_v2.block_channels(c, m.alpha)
+    group = f"bottleneck t={t:g} c={c}"
+    if t != 1:
+      layers.append(conv(f"block_{i}/expand", group, shape,
+                         expanded_channels(shape[2], t), 1, 1))
+    wide = layers[-1].output_shape if t != 1 else shape
+    layers.append(conv(f"block_{i}/depthwise", group, wide, wide[2], 3, s,
+                       groups=wide[2]))
+    layers.append(conv(f"block_{i}/project", group, layers[-1].output_shape,
+                       c, 1, 1))
+  layers.append(conv("head", "head", layers[-1].output_shape,
+                     mobilenet_v2.head_channels(m.alpha), 1, 1))
+  return layers + head(m, layers[-1].output_shape)
+
+
+def head(m, shape) -> List[Layer]:
+  return [dense("classifier", shape[2], m.num_classes)] if m.include_top else []
+
+
+def layers(model_config, image_size: int) -> List[Layer]:
+  """Per-layer counts for `config.model` at `image_size` (validated)."""
+  m = get_model(model_config)
+  fn = v1_layers if isinstance(m, mobilenet_v1.MobileNetV1) else v2_layers
+  return fn(m, image_size)
+
+
+def totals(layer_list: List[Layer]) -> dict:
+  return {
+      "params": sum(l.params for l in layer_list),
+      "trainable_params": sum(l.trainable_params for l in layer_list),
+      "madds": sum(l.madds for l in layer_list),
+  }
+
+
+def count(model_config, image_size: int) -> dict:
+  """{"params", "trainable_params", "madds"} for one image."""
+  return totals(layers(model_config, image_size))

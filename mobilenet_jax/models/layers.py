@@ -1,0 +1,150 @@
+"""Building blocks shared by MobileNet V1 and V2 (Flax Linen, NHWC).
+
+Each block names its sub-layers the way the papers draw them (`depthwise`,
+`pointwise`, `expand`, `project`), which is also what weight conversion and the
+per-layer summary rely on.
+"""
+
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mobilenet_jax.errors import check_choice
+
+Padding = Union[str, Sequence[Tuple[int, int]]]
+
+ACTIVATIONS = {
+    "relu6": jax.nn.relu6,
+    "relu": jax.nn.relu,
+    "linear": None,
+}
+
+
+def activation_fn(name: str) -> Optional[Callable[[jax.Array], jax.Array]]:
+  """Maps an activation name to its function (None for "linear")."""
+  check_choice("activation", name, tuple(ACTIVATIONS))
+  return ACTIVATIONS[name]
+
+
+class ConvBN(nn.Module):
+  """k x k convolution without bias -> batch norm -> optional activation.
+
+  Computes act(BN(conv(x))). `groups` > 1 gives a grouped convolution; with
+  groups equal to the input channels it is a depthwise convolution whose
+  kernel has shape (k, k, 1, features).
+  """
+  features: int
+  kernel_size: int = 1
+  strides: int = 1
+  padding: Padding = "SAME"
+  groups: int = 1
+  activation: str = "relu6"
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-3
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.Conv(self.features, (self.kernel_size, self.kernel_size),
+                strides=self.strides, padding=self.padding,
+                feature_group_count=self.groups, use_bias=False,
+                dtype=self.dtype, name="conv")(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                     epsilon=self.bn_epsilon, dtype=self.dtype, name="bn")(x)
+    act = activation_fn(self.activation)
+    return x if act is None else act(x)
+
+
+class SeparableBlock(nn.Module):
+  """MobileNet V1 block: 3x3 depthwise conv+BN+ReLU6, then 1x1 pointwise
+  conv+BN+ReLU6 to `features` channels (V1 paper, Figure 3 right).
+
+  With `full=True` it is instead one full 3x3 conv+BN+ReLU6 from the input to
+  `features` channels: the "Conv MobileNet" of the V1 paper's Table 4.
+  """
+  features: int
+  strides: int = 1
+  depth_multiplier: int = 1
+  full: bool = False
+  padding: Padding = "SAME"
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-3
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    bn = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+              dtype=self.dtype)
+    if self.full:
+      return ConvBN(self.features, 3, self.strides, self.padding, **bn,
+                    name="conv")(x, train)
+    x = depthwise_conv_bn(x, self.depth_multiplier, self.strides,
+                          self.padding, bn, train, "depthwise")
+    return ConvBN(self.features, 1, **bn, name="pointwise")(x, train)
+
+
+class InvertedResidual(nn.Module):
+  """MobileNetV2 bottleneck block (V2 paper, Table 1 and Figure 3b).
+
+  x -> [1x1 expand to t*c_in, BN, ReLU6] (skipped when t == 1)
+    -> 3x3 depthwise, stride s, BN, ReLU6
+    -> 1x1 project to `features`, BN, `bottleneck_activation` ("linear" in the
+       paper).
+
+  Shortcuts (Figure 6b), always only between tensors of equal shape:
+    "bottleneck": output += x (the paper's inverted residual);
+    "expansion":  this block's expansion += the previous block's expansion
+                  (the classical residual between the wide layers);
+    "none":       no shortcut.
+  Returns (output, expansion) so the next block can use the expansion.
+  """
+  features: int
+  expansion: float
+  strides: int = 1
+  bottleneck_activation: str = "linear"
+  shortcut: str = "bottleneck"
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-3
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, prev_expansion=None, train: bool = False):
+    bn = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+              dtype=self.dtype)
+    inputs = x
+    if self.expansion != 1:
+      x = ConvBN(expanded_channels(x.shape[-1], self.expansion), 1, **bn,
+                 name="expand")(x, train)
+    if (self.shortcut == "expansion" and prev_expansion is not None
+        and prev_expansion.shape == x.shape):
+      x = x + prev_expansion
+      self.sow("intermediates", "shortcut", "expansion")
+    expansion = x
+    # TF "SAME" padding: for stride 2 it pads 0 before and 1 after on even
+    # sizes and 1 on both sides on odd ones, as Keras' `correct_pad` does.
+    x = depthwise_conv_bn(x, 1, self.strides, "SAME", bn, train, "depthwise")
+    x = ConvBN(self.features, 1, activation=self.bottleneck_activation, **bn,
+               name="project")(x, train)
+    if self.shortcut == "bottleneck" and inputs.shape == x.shape:
+      x = x + inputs
+      self.sow("intermediates", "shortcut", "bottleneck")
+    return x, expansion
+
+
+def expanded_channels(in_channels: int, expansion: float) -> int:
+  """Width of the expansion layer: t * c_in (Keras: `expansion * in_channels`)."""
+  return int(round(in_channels * expansion))
+
+
+def depthwise_conv_bn(x, depth_multiplier, strides, padding, bn, train, name):
+  """3x3 depthwise conv (groups = input channels) + BN + ReLU6.
+
+  Output channel c * depth_multiplier + m is input channel c filtered by its
+  m-th kernel, the order of Keras' DepthwiseConv2D; the kernel has shape
+  (3, 3, 1, channels * depth_multiplier).
+  """
+  channels = x.shape[-1]
+  return ConvBN(channels * depth_multiplier, 3, strides, padding,
+                groups=channels, **bn, name=name)(x, train)
