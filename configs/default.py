@@ -53,3 +53,13 @@ def get_config(arg=None):
   # Input resolution; the resolution multiplier rho is image_size / 224.
   config.image_size = 32
   return config
+
+
+def parse_variant(arg: str):
+  """"1.0_224" -> (1.0, 224): width multiplier and input size."""
+  try:
+    alpha, size = arg.split("_")
+    return float(alpha), int(size)
+  except ValueError:
+    raise ValueError(f"config variant {arg!r} is not 'alpha_size', e.g. "
+                     "'1.0_224' or '0.35_160'.") from None

@@ -15,10 +15,14 @@ def check_image_size(size: int, name: str):
         f"use image_size >= {MIN_IMAGE_SIZE}.")
 
 def classifier_head(model: nn.Module, x, train: bool):
-  """Global average pool -> dropout -> dense (float32 logits)."""
-  x = jnp.mean(x, axis=(1, 2))
+  """Global average pool -> dropout -> dense (float32 logits).
+
+  Without the top it returns the last feature map, as Keras does with
+  include_top=False.
+  """
   if not model.include_top:
     return x.astype(jnp.float32)
+  x = jnp.mean(x, axis=(1, 2))
   x = nn.Dropout(model.dropout, deterministic=not train, name="dropout")(x)
   x = nn.Dense(model.num_classes, dtype=model.dtype, name="classifier")(x)
   return x.astype(jnp.float32)

@@ -120,7 +120,7 @@ class InvertedResidual(nn.Module):
     if (self.shortcut == "expansion" and prev_expansion is not None
         and prev_expansion.shape == x.shape):
       x = x + prev_expansion
-      self.sow("intermediates", "shortcut", "expansion")
+      self.sow("intermediates", "expansion_shortcut", prev_expansion)
     expansion = x
     # TF "SAME" padding: for stride 2 it pads 0 before and 1 after on even
     # sizes and 1 on both sides on odd ones, as Keras' `correct_pad` does.
@@ -129,7 +129,7 @@ class InvertedResidual(nn.Module):
                name="project")(x, train)
     if self.shortcut == "bottleneck" and inputs.shape == x.shape:
       x = x + inputs
-      self.sow("intermediates", "shortcut", "bottleneck")
+      self.sow("intermediates", "bottleneck_shortcut", inputs)
     return x, expansion
 
 

@@ -4,7 +4,7 @@ Table 1 of the paper as (pointwise channels c, stride s) per depthwise
 separable block, after a 3x3 stride-2 stem conv with 32 channels.
 """
 
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Sequence, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -56,7 +56,7 @@ class MobileNetV1(nn.Module):
     alpha: width multiplier, > 0; channels are int(c * alpha) (Keras).
     depth_multiplier: channel multiplier of every depthwise conv.
     dropout: dropout rate before the classifier (Keras default 1e-3).
-    include_top: False returns the globally pooled features.
+    include_top: False returns the last feature map (as Keras does).
     conv_type: "separable" (the paper) or "full" (Table 4's Conv MobileNet).
     shallow: drop the five 14x14x512 blocks (Table 5's Shallow MobileNet).
     blocks: the (c, s) table; replace it from config to change the network.

@@ -78,7 +78,7 @@ class MobileNetV2(nn.Module):
       "relu6" or "relu" (Figure 6a).
     shortcut: "bottleneck" (the paper), "expansion" or "none" (Figure 6b).
     dropout: dropout rate before the classifier (TF-slim uses 0.2).
-    include_top: False returns the globally pooled features.
+    include_top: False returns the last feature map (as Keras does).
     blocks: the (t, c, n, s) table; replace it from config.
     bn_momentum, bn_epsilon: batch norm running-average decay and epsilon.
     dtype: computation dtype (parameters stay float32).

@@ -1,0 +1,116 @@
+"""Keras Applications MobileNet / MobileNetV2 weights -> Flax variables.
+
+Keras and this project build the networks layer for layer in the same order
+(conv, batch norm, ..., classifier), so weights are paired in that order and
+every pair is checked by shape. Only this module imports Keras.
+"""
+
+from typing import Any, Dict, List, Tuple
+
+import flax
+import jax
+import numpy as np
+
+from mobilenet_jax.errors import ConfigError
+
+
+def keras_layers(keras_model) -> List[Tuple[str, str, List[np.ndarray]]]:
+  """(name, kind, weights) of every Keras layer that holds weights."""
+  out = []
+  for layer in keras_model.layers:
+    weights = [np.asarray(w) for w in layer.get_weights()]
+    if not weights:
+      continue
+    kind = type(layer).__name__
+    if kind not in ("Conv2D", "DepthwiseConv2D", "BatchNormalization", "Dense"):
+      raise ConfigError(f"Keras layer {layer.name} ({kind}) has no counterpart "
+                        "in a MobileNet V1/V2.")
+    out.append((layer.name, kind, weights))
+  return out
+
+
+# The order in which the networks run their layers; pytrees sort dict keys, so
+# the call order is rebuilt from the names.
+ORDER = {"stem": 0, "block": 1, "head": 2, "classifier": 3,
+         "expand": 0, "depthwise": 1, "project": 2, "pointwise": 2,
+         "conv": 0, "bn": 1}
+
+
+def call_order(path: str):
+  key = []
+  for part in path.split("/"):
+    name, _, index = part.rpartition("_") if part.startswith("block_") else (part, "", "0")
+    key += [ORDER[name], int(index)]
+  return key
+
+
+def flax_slots(variables) -> List[Tuple[str, str]]:
+  """(path, kind) of each conv, BN and dense of a Flax model, in call order."""
+  slots = []
+  def visit(tree, path):
+    if "kernel" in tree:
+      slots.append((path, "dense" if path.endswith("classifier") else "conv"))
+    elif "scale" in tree:
+      slots.append((path, "bn"))
+    else:
+      for key, sub in tree.items():
+        visit(sub, f"{path}/{key}" if path else key)
+  visit(flax.core.unfreeze(variables["params"]), "")
+  return sorted(slots, key=lambda slot: call_order(slot[0]))
+
+
+def convert_kernel(kind: str, w: np.ndarray, target_shape) -> np.ndarray:
+  if kind == "DepthwiseConv2D":  # (k, k, C, m) -> (k, k, 1, C * m), order c*m + m'
+    k1, k2, c, m = w.shape
+    w = w.reshape(k1, k2, 1, c * m)
+  elif w.ndim == 4 and len(target_shape) == 2:  # V1's 1x1 conv classifier
+    w = w.reshape(w.shape[-2], w.shape[-1])
+  return w
+
+
+def load_keras_weights(keras_model, variables) -> Dict[str, Any]:
+  """Returns `variables` (same tree) filled with the Keras model's weights.
+
+  Raises ConfigError naming the first layer whose shape does not match, for
+  a Keras model of another architecture, alpha or class count.
+  """
+  params = flax.core.unfreeze(variables["params"])
+  stats = flax.core.unfreeze(variables.get("batch_stats", {}))
+  source, slots = keras_layers(keras_model), flax_slots(variables)
+  if len(source) != len(slots):
+    raise ConfigError(
+        f"the Keras model {keras_model.name} has {len(source)} weighted layers "
+        f"but this config builds {len(slots)}: a different architecture "
+        "(model name, shallow, conv_type, blocks or include_top).")
+
+  def put(tree, path, key, value):
+    node = _get(tree, path)
+    if tuple(node[key].shape) != tuple(value.shape):
+      raise ConfigError(
+          f"Keras layer {name} has shape {tuple(value.shape)} where {path}/{key} "
+          f"needs {tuple(node[key].shape)}: a different alpha, depth "
+          "multiplier, expansion or num_classes.")
+    node[key] = jax.numpy.asarray(value, node[key].dtype)
+
+  for (name, kind, weights), (path, slot) in zip(source, slots):
+    if slot == "bn":
+      if kind != "BatchNormalization":
+        raise ConfigError(f"Keras layer {name} ({kind}) sits where {path} "
+                          "expects batch norm: a different architecture.")
+      gamma, beta, mean, var = weights
+      put(params, path, "scale", gamma)
+      put(params, path, "bias", beta)
+      put(stats, path, "mean", mean)
+      put(stats, path, "var", var)
+    else:
+      target = _get(params, path)["kernel"].shape
+      put(params, path, "kernel", convert_kernel(kind, weights[0], target))
+      if len(weights) > 1:
+        put(params, path, "bias", weights[1])
+  return {"params": params, "batch_stats": stats}
+
+
+def _get(tree, path):
+  for part in path.split("/"):
+    tree = tree[part]
+  return tree

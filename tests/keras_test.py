@@ -1,0 +1,89 @@
+"""The models against Keras Applications: parameter counts, shapes, numbers."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from mobilenet_jax.interop.keras import load_keras_weights
+from mobilenet_jax.models import get_model
+
+
+def keras_model(name, alpha, size, **kw):
+  fn = keras.applications.MobileNet if name == "mobilenet_v1" else keras.applications.MobileNetV2
+  return fn(weights=None, input_shape=(size, size, 3), alpha=alpha, **kw)
+
+
+def flax_variables(model, size):
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))
+
+
+def count(tree):
+  return sum(x.size for x in jax.tree.leaves(tree))
+
+
+# Unusual settings on top of the conformance rows (conformance_test.py pins those).
+@pytest.mark.parametrize("name,alpha,size,classes,extra", [
+    ("mobilenet_v1", 0.3, 96, 10, {}),
+    ("mobilenet_v1", 1.2, 128, 7, {}),
+    ("mobilenet_v1", 0.6, 64, 1000, {"depth_multiplier": 2}),
+    ("mobilenet_v2", 0.6, 96, 10, {}),
+    ("mobilenet_v2", 1.1, 64, 3, {}),
+    ("mobilenet_v2", 0.2, 32, 1000, {}),
+    ("mobilenet_v2", 1.75, 160, 5, {}),
+])
+def test_param_counts_equal_keras(name, alpha, size, classes, extra):
+  km = keras_model(name, alpha, size, classes=classes, **extra)
+  model = get_model(dict(name=name, alpha=alpha, num_classes=classes, **extra))
+  variables = flax_variables(model, size)
+  assert count(variables) == km.count_params()
+  trainable = sum(int(np.prod(w.shape)) for w in km.trainable_weights)
+  assert count(variables["params"]) == trainable
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2"])
+@pytest.mark.parametrize("size", [97, 150, 33])
+def test_feature_map_shapes_equal_keras_at_odd_sizes(name, size):
+  km = keras_model(name, 0.5, size, include_top=False)
+  model = get_model(dict(name=name, alpha=0.5, include_top=False))
+  out = jax.eval_shape(lambda: model.init_with_output(
+      jax.random.key(0), jnp.zeros((2, size, size, 3)))[0])
+  assert out.shape == (2,) + tuple(km.output_shape[1:])
+
+
+def randomize_bn_statistics(km, rng):
+  for layer in km.layers:
+    if type(layer).__name__ == "BatchNormalization":
+      g, b, m, v = layer.get_weights()
+      layer.set_weights([rng.uniform(0.5, 1.5, g.shape), rng.normal(0, 0.1, b.shape),
+                         rng.normal(0, 0.1, m.shape), rng.uniform(0.5, 1.5, v.shape)])
+
+
+@pytest.mark.parametrize("name,alpha,size", [
+    ("mobilenet_v2", 0.35, 35),  # odd: stride-2 blocks pad 1 on both sides
+    ("mobilenet_v2", 0.5, 64),   # even: pad 0 before, 1 after
+    ("mobilenet_v1", 0.25, 35),
+    ("mobilenet_v1", 0.5, 64),
+])
+def test_logits_equal_keras_with_copied_weights(name, alpha, size):
+  """Same weights, same logits: stride-2 padding and layer order match Keras."""
+  rng = np.random.default_rng(0)
+  km = keras_model(name, alpha, size, classes=10, classifier_activation=None)
+  randomize_bn_statistics(km, rng)
+  model = get_model(dict(name=name, alpha=alpha, num_classes=10))
+  variables = load_keras_weights(km, flax_variables(model, size))
+  x = rng.uniform(-1, 1, (2, size, size, 3)).astype(np.float32)
+  ours = model.apply(variables, x)
+  np.testing.assert_allclose(ours, km(x, training=False), atol=1e-4, rtol=1e-4)
+
+
+def test_residual_adds_where_keras_puts_them():
+  km = keras_model("mobilenet_v2", 1.0, 64)
+  keras_blocks = sorted(int(l.name.split("_")[1]) for l in km.layers if l.name.endswith("_add"))
+  model = get_model(dict(name="mobilenet_v2"))
+  _, state = jax.eval_shape(lambda: model.init_with_output(
+      jax.random.key(0), jnp.zeros((1, 64, 64, 3)), mutable=["intermediates", "params", "batch_stats"]))
+  ours = sorted(int(k.split("_")[1]) for k in state["intermediates"])
+  assert ours == keras_blocks
