@@ -26,6 +26,7 @@ setup(
         TF_CPU,
         TF_OTHER,
         "tensorflow-datasets>=4.9.6",
+        "importlib_resources",  # tfds builds datasets with it but does not require it
         "tensorboard>=2.16",
         "scikit-learn>=1.3",
         "matplotlib>=3.7",

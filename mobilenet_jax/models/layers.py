@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from mobilenet_jax.errors import check_choice
+from mobilenet_jax.models.depthwise import DepthwiseConv
 
 Padding = Union[str, Sequence[Tuple[int, int]]]
 
@@ -43,16 +44,24 @@ class ConvBN(nn.Module):
   activation: str = "relu6"
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-3
+  bn_axis_name: Optional[str] = None
+  depthwise_impl: str = "auto"
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = nn.Conv(self.features, (self.kernel_size, self.kernel_size),
-                strides=self.strides, padding=self.padding,
-                feature_group_count=self.groups, use_bias=False,
-                dtype=self.dtype, name="conv")(x)
+    if self.groups > 1 and self.groups == x.shape[-1]:
+      x = DepthwiseConv(self.features, self.kernel_size, self.strides,
+                        self.padding, self.depthwise_impl, self.dtype,
+                        name="conv")(x)
+    else:
+      x = nn.Conv(self.features, (self.kernel_size, self.kernel_size),
+                  strides=self.strides, padding=self.padding,
+                  feature_group_count=self.groups, use_bias=False,
+                  dtype=self.dtype, name="conv")(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                     epsilon=self.bn_epsilon, dtype=self.dtype, name="bn")(x)
+                     epsilon=self.bn_epsilon, axis_name=self.bn_axis_name,
+                     dtype=self.dtype, name="bn")(x)
     act = activation_fn(self.activation)
     return x if act is None else act(x)
 
@@ -71,12 +80,13 @@ class SeparableBlock(nn.Module):
   padding: Padding = "SAME"
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-3
+  bn_axis_name: Optional[str] = None
+  depthwise_impl: str = "auto"
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    bn = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-              dtype=self.dtype)
+    bn = bn_settings(self)
     if self.full:
       return ConvBN(self.features, 3, self.strides, self.padding, **bn,
                     name="conv")(x, train)
@@ -107,12 +117,13 @@ class InvertedResidual(nn.Module):
   shortcut: str = "bottleneck"
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-3
+  bn_axis_name: Optional[str] = None
+  depthwise_impl: str = "auto"
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, prev_expansion=None, train: bool = False):
-    bn = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-              dtype=self.dtype)
+    bn = bn_settings(self)
     inputs = x
     if self.expansion != 1:
       x = ConvBN(expanded_channels(x.shape[-1], self.expansion), 1, **bn,
@@ -148,3 +159,10 @@ def depthwise_conv_bn(x, depth_multiplier, strides, padding, bn, train, name):
   channels = x.shape[-1]
   return ConvBN(channels * depth_multiplier, 3, strides, padding,
                 groups=channels, **bn, name=name)(x, train)
+
+
+def bn_settings(module) -> dict:
+  """The batch-norm, depthwise and dtype attributes a module passes on."""
+  return dict(bn_momentum=module.bn_momentum, bn_epsilon=module.bn_epsilon,
+              bn_axis_name=module.bn_axis_name,
+              depthwise_impl=module.depthwise_impl, dtype=module.dtype)

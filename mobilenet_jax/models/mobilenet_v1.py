@@ -4,7 +4,7 @@ Table 1 of the paper as (pointwise channels c, stride s) per depthwise
 separable block, after a 3x3 stride-2 stem conv with 32 channels.
 """
 
-from typing import Any, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from mobilenet_jax.errors import ConfigError
 from mobilenet_jax.models.common import (check_image_size, classifier_head,
                                          validate_common)
-from mobilenet_jax.models.layers import ConvBN, SeparableBlock
+from mobilenet_jax.models.layers import ConvBN, SeparableBlock, bn_settings
 
 STEM_CHANNELS = 32
 # (c, s): output channels and stride of each depthwise separable block.
@@ -61,6 +61,7 @@ class MobileNetV1(nn.Module):
     shallow: drop the five 14x14x512 blocks (Table 5's Shallow MobileNet).
     blocks: the (c, s) table; replace it from config to change the network.
     bn_momentum, bn_epsilon: batch norm running-average decay and epsilon.
+    bn_axis_name: mesh axis to average batch statistics over (sync BN).
     dtype: computation dtype (parameters stay float32).
   The resolution multiplier rho is the input size / 224.
   """
@@ -74,6 +75,8 @@ class MobileNetV1(nn.Module):
   blocks: Sequence[Tuple[int, int]] = BLOCKS
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-3
+  bn_axis_name: Optional[str] = None  # set by the trainer for synchronised BN
+  depthwise_impl: str = "auto"  # "auto" | "lax" | "shift" (models/depthwise.py)
   dtype: Any = jnp.float32
 
   def __post_init__(self):
@@ -89,8 +92,7 @@ class MobileNetV1(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     check_image_size(min(x.shape[1:3]), "MobileNetV1")
-    bn = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-              dtype=self.dtype)
+    bn = bn_settings(self)
     x = x.astype(self.dtype)
     x = ConvBN(width(STEM_CHANNELS, self.alpha), 3, 2, stride2_padding(2),
                **bn, name="stem")(x, train)

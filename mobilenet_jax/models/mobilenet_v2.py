@@ -14,7 +14,8 @@ import jax.numpy as jnp
 from mobilenet_jax.errors import ConfigError, check_choice
 from mobilenet_jax.models.common import (check_image_size, classifier_head,
                                          validate_common)
-from mobilenet_jax.models.layers import ACTIVATIONS, ConvBN, InvertedResidual
+from mobilenet_jax.models.layers import (ACTIVATIONS, ConvBN, InvertedResidual,
+                                         bn_settings)
 
 STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280
@@ -81,6 +82,7 @@ class MobileNetV2(nn.Module):
     include_top: False returns the last feature map (as Keras does).
     blocks: the (t, c, n, s) table; replace it from config.
     bn_momentum, bn_epsilon: batch norm running-average decay and epsilon.
+    bn_axis_name: mesh axis to average batch statistics over (sync BN).
     dtype: computation dtype (parameters stay float32).
   The resolution multiplier rho is the input size / 224.
   """
@@ -94,6 +96,8 @@ class MobileNetV2(nn.Module):
   blocks: Sequence[Tuple[float, int, int, int]] = BLOCKS
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-3
+  bn_axis_name: Optional[str] = None  # set by the trainer for synchronised BN
+  depthwise_impl: str = "auto"  # "auto" | "lax" | "shift" (models/depthwise.py)
   dtype: Any = jnp.float32
 
   def __post_init__(self):
@@ -109,8 +113,7 @@ class MobileNetV2(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     check_image_size(min(x.shape[1:3]), "MobileNetV2")
-    bn = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-              dtype=self.dtype)
+    bn = bn_settings(self)
     x = x.astype(self.dtype)
     x = ConvBN(make_divisible(STEM_CHANNELS * self.alpha), 3, 2, "SAME", **bn,
                name="stem")(x, train)

@@ -1,0 +1,376 @@
+"""Training and evaluation: small functions, and the loop that joins them.
+
+train_and_evaluate(config, workdir) is the whole job: input pipeline, model,
+optimizer, checkpoint (resume), the loop of data-parallel train steps with
+periodic evaluation, and results.json.
+"""
+
+import functools
+import json
+import math
+import os
+import signal
+import time
+from typing import Any, Dict, List, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers, parameter_overview, periodic_actions
+from jax import lax
+
+from mobilenet_jax import checkpoint, flops, optim, parallel
+from mobilenet_jax.errors import ConfigError, check_choice
+from mobilenet_jax.models import get_model
+from mobilenet_jax.parallel import DATA
+
+
+class TrainingError(RuntimeError):
+  """Training cannot go on (e.g. a non-finite loss); the message says why."""
+
+
+class Preempted(RuntimeError):
+  """SIGTERM arrived; a checkpoint was saved and the run can be resumed."""
+
+
+class TrainState(flax.struct.PyTreeNode):
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  ema_params: Any  # {} when config.ema_decay == 0
+  rng: jax.Array
+
+
+# ----------------------------------------------------------------- model ---
+
+def create_model(config, sync_bn: Optional[bool] = None):
+  """The configured network; with sync BN it averages statistics over DATA."""
+  check_choice("dtype", config.dtype, ("float32", "bfloat16"))
+  sync = config.sync_bn if sync_bn is None else sync_bn
+  return get_model(config.model, dtype=jnp.dtype(config.dtype),
+                   bn_axis_name=DATA if sync else None,
+                   depthwise_impl=config.depthwise_impl)
+
+
+def initialize(model, image_size: int, rng):
+  """Parameters and batch statistics for one image of `image_size`."""
+  variables = jax.jit(model.init)(rng, jnp.zeros((1, image_size, image_size, 3)))
+  return variables["params"], variables.get("batch_stats", {})
+
+
+def create_train_state(config, model, tx, rng) -> TrainState:
+  init_rng, rng = jax.random.split(rng)
+  params, batch_stats = initialize(
+      get_model(config.model), config.image_size, init_rng)
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+      opt_state=tx.init(params),
+      # A copy: donated buffers must not appear twice in the state.
+      ema_params=jax.tree.map(jnp.copy, params) if config.ema_decay > 0 else {},
+      rng=rng)
+
+
+# ---------------------------------------------------------- loss, metrics ---
+
+def cross_entropy_loss(logits, labels, smoothing: float):
+  """Mean softmax cross-entropy with label smoothing, per example."""
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+def metric_sums(logits, labels, mask) -> Dict[str, jax.Array]:
+  """Sums over the (masked) examples: loss, top-1 and top-5 hits, count."""
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  k = min(5, logits.shape[-1])
+  top5 = jnp.any(lax.top_k(logits, k)[1] == labels[:, None], axis=-1)
+  return {"loss": jnp.sum(loss * mask),
+          "top1": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+          "top5": jnp.sum(top5 * mask),
+          "count": jnp.sum(mask)}
+
+
+# ------------------------------------------------------------------ steps ---
+
+def train_step(state: TrainState, batch, model, tx, config):
+  """One step on this device's shard of the batch.
+
+  The loss is this shard's mean divided by the device count: the gradient
+  of the replicated parameters, which shard_map sums over devices, is then
+  the gradient of the global batch's mean loss.
+  """
+  rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
+                           lax.axis_index(DATA))
+
+  def loss_fn(params):
+    logits, updates = model.apply(
+        {"params": params, "batch_stats": state.batch_stats}, batch["image"],
+        train=True, mutable=["batch_stats"], rngs={"dropout": rng})
+    loss = jnp.mean(cross_entropy_loss(logits, batch["label"], config.label_smoothing))
+    return loss / lax.psum(1, DATA), (loss, logits, updates["batch_stats"])
+
+  (_, (loss, logits, batch_stats)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  # Per-replica BN normalises with each device's own statistics; the running
+  # averages are then averaged so every replica keeps the same state.
+  batch_stats = lax.pmean(batch_stats, DATA)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema = state.ema_params
+  if config.ema_decay > 0:
+    ema = optim.update_ema(ema, params, config.ema_decay, state.step)
+  accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+  metrics = lax.pmean({"loss": loss, "accuracy": accuracy}, DATA)
+  new_state = state.replace(step=state.step + 1, params=params,
+                            batch_stats=batch_stats, opt_state=opt_state,
+                            ema_params=ema)
+  return new_state, metrics
+
+
+def eval_step(variables, batch, model):
+  """Metric sums over this device's shard, summed over DATA."""
+  logits = model.apply(variables, batch["image"], train=False)
+  return variables, lax.psum(metric_sums(logits, batch["label"], batch["mask"]), DATA)
+
+
+# --------------------------------------------------------------- the data ---
+
+def open_dataset(config):
+  """The prepared TFDS builder, or None for synthetic data (no TensorFlow)."""
+  if config.dataset == "synthetic":
+    return None
+  from mobilenet_jax import input_pipeline
+  builder = input_pipeline.get_builder(config)
+  for split in (config.train_split, config.eval_split):
+    if builder.info.splits and split not in builder.info.splits:
+      raise ConfigError(f"split {split!r} is not in {config.dataset}; it has "
+                        f"{', '.join(builder.info.splits)}.")
+  return builder
+
+
+def train_batch_size(config) -> int:
+  return parallel.batch_sizes(config.batch_size, config.per_device_batch_size)[0]
+
+
+def eval_batch_size(config) -> int:
+  return parallel.batch_sizes(config.eval_batch_size,
+                              config.eval_per_device_batch_size, "eval_batch_size")[0]
+
+
+def train_iterator(config, builder, start_step: int):
+  """This process's local numpy batches from `start_step` on."""
+  local_batch = parallel.local_batch_size(train_batch_size(config))
+  if builder is None:
+    from mobilenet_jax import synthetic
+    return synthetic.train_batches(config, local_batch, start_step)
+  from mobilenet_jax import input_pipeline
+  return input_pipeline.train_batches(config, builder, local_batch, start_step)
+
+
+def steps_per_epoch(config, builder) -> int:
+  global_batch = train_batch_size(config)
+  if builder is None:
+    return 1000  # synthetic data has no epochs; a nominal one for schedules
+  from mobilenet_jax import input_pipeline
+  return max(1, input_pipeline.num_examples(builder, config.train_split) // global_batch)
+
+
+def total_steps(config, per_epoch: int) -> int:
+  if config.num_train_steps > 0:
+    return config.num_train_steps
+  if config.dataset == "synthetic":
+    raise ConfigError("dataset='synthetic' has no epochs; set "
+                      "--config.num_train_steps to a positive number.")
+  return max(1, int(math.ceil(config.num_epochs * per_epoch)))
+
+
+def evaluate(eval_fn, variables, config, builder, mesh) -> Dict[str, float]:
+  """Loss, top-1 and top-5 over the whole eval split, each example once."""
+  from mobilenet_jax import input_pipeline
+  global_batch = eval_batch_size(config)
+  steps = input_pipeline.eval_steps(builder, config.eval_split, global_batch)
+  local = parallel.local_batch_size(global_batch)
+  totals = None
+  for batch in input_pipeline.eval_batches(config, builder, local, steps):
+    _, sums = eval_fn(variables, parallel.shard_batch(batch, mesh))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  count = float(totals["count"])
+  return {"loss": float(totals["loss"]) / count, "top1": float(totals["top1"]) / count,
+          "top5": float(totals["top5"]) / count, "count": int(count)}
+
+
+def evaluate_all(eval_fn, state: TrainState, config, builder, mesh) -> Dict[str, float]:
+  """Raw weights as eval_*, and the EMA weights as eval_*_ema if kept."""
+  out = {}
+  weights = {"": state.params}
+  if config.ema_decay > 0:
+    weights["_ema"] = state.ema_params
+  for suffix, params in weights.items():
+    m = evaluate(eval_fn, {"params": params, "batch_stats": state.batch_stats},
+                 config, builder, mesh)
+    out.update({f"eval_{k}{suffix}": v for k, v in m.items()})
+  return out
+
+
+# ------------------------------------------------------------ bookkeeping ---
+
+def model_identity(config) -> dict:
+  """What a checkpoint must agree on to be resumed by this config, flat and
+  as JSON stores it (tuples become lists)."""
+  flat = flax.traverse_util.flatten_dict(
+      {"model": config.model.to_dict(), "image_size": config.image_size}, sep=".")
+  return json.loads(json.dumps(flat))
+
+
+def first_bad_step(losses: List[jax.Array], first_step: int) -> Optional[int]:
+  values = np.asarray(jax.device_get(losses))
+  bad = np.flatnonzero(~np.isfinite(values))
+  return first_step + int(bad[0]) if bad.size else None
+
+
+def write_results(workdir: str, results: dict):
+  """Writes results.json atomically (a crash never leaves half a file)."""
+  path = os.path.join(workdir, "results.json")
+  with open(path + ".tmp", "w") as f:
+    json.dump(results, f, indent=2, sort_keys=True)
+  os.replace(path + ".tmp", path)
+
+
+def add_log_file(workdir: str):
+  """Also writes the log (metrics included) to workdir/train.log as text."""
+  import logging as py_logging
+  handler = py_logging.FileHandler(os.path.join(workdir, "train.log"))
+  handler.setFormatter(py_logging.Formatter(
+      f"%(asctime)s [p{jax.process_index()}] %(message)s"))
+  logging.get_absl_logger().addHandler(handler)
+  return handler
+
+
+class SigtermFlag:
+  """Remembers a SIGTERM so the loop can save and stop between steps."""
+
+  def __init__(self):
+    self.received = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.received = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+# -------------------------------------------------------------- the loop ---
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains config's model on config's data, evaluating; returns the results."""
+  os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+  log_handler = add_log_file(workdir)
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
+
+  # Model, optimizer, state.
+  mesh = parallel.create_mesh()
+  global_batch = train_batch_size(config)
+  eval_batch_size(config)  # checked before any work is done
+  model = create_model(config)
+  counts = flops.count(config.model, config.image_size)
+  manager = checkpoint.create_manager(workdir, config.keep_checkpoints)
+
+  # The data decides the epoch length, so it comes before the optimizer;
+  # the iterator is only started once the resume step is known.
+  builder = open_dataset(config)
+  per_epoch = steps_per_epoch(config, builder)
+  num_steps = total_steps(config, per_epoch)
+  tx, schedule = optim.create_optimizer(config, per_epoch, num_steps)
+  state = create_train_state(config, model, tx, jax.random.key(config.seed))
+  restored, meta = checkpoint.restore(manager, state, model_identity(config))
+  meta = meta or {"identity": model_identity(config), "history": [], "train_time_s": 0.0}
+  if restored is not None:
+    state = restored
+    logging.info("Resumed from step %d in %s.", int(state.step), workdir)
+  start_step = int(state.step)
+  if start_step == 0 and is_main:
+    parameter_overview.log_parameter_overview(state.params)
+    writer.write_hparams({k: v for k, v in flax.traverse_util.flatten_dict(
+        config.to_dict(), sep=".").items() if isinstance(v, (int, float, str, bool))})
+  state = parallel.replicate(state, mesh)
+  train_iter = train_iterator(config, builder, start_step)
+
+  p_train = parallel.data_parallel(
+      functools.partial(train_step, model=model, tx=tx, config=config), mesh,
+      donate_state=True)
+  p_eval = parallel.data_parallel(
+      functools.partial(eval_step, model=create_model(config, sync_bn=False)), mesh)
+
+  report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
+  sigterm = SigtermFlag()
+  losses, checked_step, train_metrics = [], start_step, []
+  t0 = time.time() - meta["train_time_s"]
+  try:
+    for step in range(start_step + 1, num_steps + 1):
+      batch = parallel.shard_batch(next(train_iter), mesh)
+      state, metrics = p_train(state, batch)
+      losses.append(metrics["loss"])
+      train_metrics.append(metrics)
+      report(step)
+      last = step == num_steps
+      log_now = step % config.log_every_steps == 0 or last
+      eval_now = builder is not None and (step % config.eval_every_steps == 0 or last)
+      save_now = step % config.checkpoint_every_steps == 0 or last or sigterm.received
+      if log_now or eval_now or save_now:
+        bad = first_bad_step(losses, checked_step + 1)
+        if bad is not None:
+          raise TrainingError(
+              f"loss is not finite at step {bad}; stopped. The last good checkpoint "
+              f"(step {manager.latest_step()}) in {workdir} is intact; lower "
+              "config.learning_rate or set config.grad_clip_norm.")
+        losses, checked_step = [], step
+      if log_now:
+        summary = jax.tree.map(lambda *x: float(np.mean(x)), *jax.device_get(train_metrics))
+        summary["learning_rate"] = float(schedule(step - 1))
+        writer.write_scalars(step, {f"train_{k}": v for k, v in summary.items()})
+        logging.info("step %d/%d: loss %.4f, accuracy %.3f, lr %.3g", step, num_steps,
+                     summary["loss"], summary["accuracy"], summary["learning_rate"])
+        train_metrics = []
+      if eval_now:
+        with report.timed("eval"):
+          result = evaluate_all(p_eval, state, config, builder, mesh)
+        writer.write_scalars(step, result)
+        meta["history"].append({"step": step, **result})
+        logging.info("step %d eval: %s", step, ", ".join(
+            f"{k} {v:.4f}" for k, v in result.items()))
+      if save_now:
+        meta["train_time_s"] = time.time() - t0
+        with report.timed("checkpoint"):
+          checkpoint.save(manager, step, jax.device_get(state), meta)
+      if sigterm.received:
+        raise Preempted(f"SIGTERM: saved step {step} in {workdir}; run the same "
+                        "command again to resume.")
+  finally:
+    sigterm.restore()
+    writer.flush()
+
+  results = {
+      "config": config.to_dict(),
+      "num_devices": jax.device_count(),
+      "num_processes": jax.process_count(),
+      "device_kind": jax.devices()[0].device_kind,
+      "global_batch_size": global_batch,
+      "steps": num_steps,
+      "train_time_s": meta["train_time_s"],
+      **counts,
+      **(meta["history"][-1] if meta["history"] else {}),
+      "history": meta["history"],
+  }
+  results.pop("step", None)
+  if is_main:
+    write_results(workdir, results)
+  logging.get_absl_logger().removeHandler(log_handler)
+  return results

@@ -1,0 +1,227 @@
+"""The trainer: real loops on mock ImageNet and the digits, data parallelism
+over 1 and 4 devices, exact resume after SIGKILL, and errors for people."""
+
+import functools
+import json
+import os
+import runpy
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+import tensorflow_datasets as tfds
+
+from configs import default, mobilenet_v2
+from mobilenet_jax import checkpoint, parallel, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny(config, **overrides):
+  config.model.alpha = 0.25
+  config.image_size = 32
+  config.per_device_batch_size = 2
+  config.eval_per_device_batch_size = 2
+  config.log_every_steps = 1
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def test_imagenet_config_trains_on_mock_data(tmp_path):
+  config = tiny(mobilenet_v2.get_config("0.25_32"), num_train_steps=3,
+                eval_every_steps=3, checkpoint_every_steps=3)
+  with tfds.testing.mock_data(num_examples=12):
+    results = train.train_and_evaluate(config, str(tmp_path))
+  assert results["num_devices"] == 4 and results["global_batch_size"] == 8
+  assert results["eval_count"] == 12  # 12 examples over batches of 8: padded, counted once
+  assert results["eval_count_ema"] == 12
+  for key in ("eval_top1", "eval_top5", "eval_loss", "eval_top1_ema", "madds", "params"):
+    assert np.isfinite(results[key])
+  on_disk = json.load(open(tmp_path / "results.json"))
+  assert on_disk["steps"] == 3 and len(on_disk["history"]) == 1
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path))
+  assert os.path.isdir(tmp_path / "checkpoints" / "3")
+
+
+def make_step(config, mesh, sync_bn, tx):
+  model = train.create_model(config, sync_bn=sync_bn)
+  state = train.create_train_state(config, model, tx, jax.random.key(0))
+  step = parallel.data_parallel(
+      functools.partial(train.train_step, model=model, tx=tx, config=config), mesh)
+  return parallel.replicate(state, mesh), step
+
+
+def trainer(config, devices, sync_bn, tx=optax.sgd(0.03)):
+  """A function batch -> state after `steps` steps from the initial state."""
+  mesh = parallel.create_mesh(devices)
+  state, step = make_step(config, mesh, sync_bn, tx)
+
+  def run(batch, steps=2):
+    s, losses = state, []
+    for _ in range(steps):
+      s, metrics = step(s, parallel.shard_batch(batch, mesh))
+      losses.append(float(metrics["loss"]))
+    return jax.device_get(s), losses
+  return run
+
+
+def batch_of(n, seed=0, size=32):
+  rng = np.random.default_rng(seed)
+  return {"image": rng.standard_normal((n, size, size, 3)).astype(np.float32),
+          "label": rng.integers(0, 10, n)}
+
+
+def small_config(image_size=32):
+  config = tiny(default.get_config(), label_smoothing=0.0, image_size=image_size)
+  config.model.blocks = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2))  # fast to compile
+  return config
+
+
+def max_diff(a, b):
+  return max(float(jnp.max(jnp.abs(x - y))) for x, y in
+             zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_loss_goes_down_on_a_repeated_batch():
+  run = trainer(small_config(), jax.devices(), True, tx=optax.adam(3e-3))
+  _, losses = run(batch_of(16), steps=8)
+  assert losses[-1] < 0.5 * losses[0]
+
+
+# A small net on noise is chaotic: a 1e-6 relative change of the weights
+# grows ~40x in two steps, so the tests take two small steps at 64 px,
+# where the parameters move by ~1e-2, and allow 1e-4.
+def test_data_parallel_batch_norm_1_vs_4_devices():
+  config = small_config(64)
+  mixed = batch_of(16, seed=2, size=64)
+  quarter = batch_of(4, seed=1, size=64)
+  same = jax.tree.map(lambda x: np.concatenate([x] * 4), quarter)
+  devices = jax.devices()
+  start = jax.device_get(make_step(config, parallel.create_mesh(), True, optax.sgd(0))[0])
+
+  sync, local = trainer(config, devices, True), trainer(config, devices, False)
+  one, _ = trainer(config, devices[:1], True)(mixed)
+  four, _ = sync(mixed)
+  assert max_diff(one.params, start.params) > 5e-3
+  # Synchronised BN: 4 devices compute what 1 device does on the whole batch.
+  assert max_diff(one.params, four.params) < 1e-4
+  assert max_diff(one.batch_stats, four.batch_stats) < 1e-4
+  # Per-replica BN normalises each device's quarter with its own statistics.
+  assert max_diff(four.params, local(mixed)[0].params) > 1e-3
+  # ... which are the whole batch's when every replica sees the same data.
+  assert max_diff(sync(same)[0].params, local(same)[0].params) < 1e-4
+
+
+# ----------------------------------------------------- main, as a process ---
+
+SMALL_CONFIG = """
+from configs import default
+
+def get_config():
+  config = default.get_config()
+  config.model.blocks = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2))
+  config.per_device_batch_size = 4
+  config.eval_per_device_batch_size = 32
+  return config
+"""
+
+
+@pytest.fixture(scope="module")
+def small_config_file(tmp_path_factory):
+  """configs/default.py with a three-row block table: the same loop, fast to compile."""
+  path = tmp_path_factory.mktemp("configs") / "small.py"
+  path.write_text(SMALL_CONFIG)
+  return str(path)
+
+
+def main(workdir, config_file, *overrides, wait=True):
+  args = [sys.executable, "-m", "mobilenet_jax.main", "--config", config_file,
+          "--workdir", str(workdir), *overrides]
+  proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  if not wait:
+    return proc
+  out, err = proc.communicate(timeout=600)
+  return proc.returncode, err
+
+
+RESUME = ["--config.num_train_steps=24", "--config.checkpoint_every_steps=8",
+          "--config.eval_every_steps=8", "--config.log_every_steps=4"]
+
+
+def final_state(workdir):
+  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
+  restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
+      state=ocp.args.StandardRestore()))
+  return restored["state"]
+
+
+def test_sigkill_then_resume_is_bit_identical(tmp_path, small_config_file):
+  code, err = main(tmp_path / "straight", small_config_file, *RESUME)
+  assert code == 0, err[-2000:]
+  killed = tmp_path / "killed"
+  proc = main(killed, small_config_file, *RESUME, wait=False)
+  deadline = time.time() + 300
+  while not os.path.isdir(killed / "checkpoints" / "8") and time.time() < deadline:
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate()
+  assert not os.path.exists(killed / "results.json")  # it died mid-run
+  code, err = main(killed, small_config_file, *RESUME)
+  assert code == 0, err[-2000:]
+  assert "Resumed from step" in err
+  a, b = final_state(tmp_path / "straight"), final_state(killed)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x, y = jax.random.key_data(x), jax.random.key_data(y)
+    np.testing.assert_array_equal(x, y)
+  ra = json.load(open(tmp_path / "straight" / "results.json"))
+  rb = json.load(open(killed / "results.json"))
+  assert ra["history"] == rb["history"] and len(ra["history"]) == 3
+  assert ra["eval_top1"] == rb["eval_top1"]
+
+
+@pytest.mark.parametrize("overrides,words", [
+    (["--config.optimizer=adagrad"], ["optimizer", "'rmsprop_tf'"]),
+    (["--config.batch_size=6"], ["batch_size=6", "4 devices"]),
+    (["--config.dataset=imagenet2012", "--config.data_dir=/nonexistent/tfds",
+      "--config.model.num_classes=1000"], ["imagenet2012", "manual_dir", "configs/default.py"]),
+    (["--config.dataset=no_such_set"], ["no_such_set", "sklearn_digits"]),
+])
+def test_bad_input_is_one_line_and_nonzero(tmp_path, small_config_file, overrides, words):
+  code, err = main(tmp_path, small_config_file, "--config.num_train_steps=2", *overrides)
+  assert code != 0
+  lines = [l for l in err.strip().splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
+  for word in words:
+    assert word in lines[0]
+
+
+def test_nonfinite_loss_stops_with_the_step_and_keeps_checkpoints(tmp_path, small_config_file):
+  code, err = main(tmp_path, small_config_file, "--config.num_train_steps=6", "--config.optimizer=sgd",
+                   "--config.learning_rate=1e30", "--config.warmup_epochs=0",
+                   "--config.checkpoint_every_steps=1", "--config.log_every_steps=100")
+  assert code != 0
+  line = [l for l in err.splitlines() if l.startswith("error:")][0]
+  assert "not finite at step" in line
+  assert not os.path.exists(tmp_path / "results.json")
+
+
+def test_different_model_in_workdir_refuses_to_resume(tmp_path, small_config_file):
+  config = runpy.run_path(small_config_file)["get_config"]()
+  manager = checkpoint.create_manager(str(tmp_path), 1)
+  checkpoint.save(manager, 5, {"x": np.zeros(3)}, {"identity": train.model_identity(config)})
+  code, err = main(tmp_path, small_config_file, "--config.num_train_steps=2",
+                   "--config.model.alpha=0.75")
+  assert code != 0
+  line = [l for l in err.splitlines() if l.startswith("error:")][0]
+  assert "different model" in line and "model.alpha: 0.5 there, 0.75 here" in line
+  assert os.path.isdir(tmp_path / "checkpoints" / "5")  # left as it was
