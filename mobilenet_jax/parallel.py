@@ -17,6 +17,19 @@ from mobilenet_jax.errors import ConfigError
 DATA = "data"
 
 
+def initialize_distributed(coordinator_address=None, num_processes=None,
+                           process_id=None, auto: bool = False):
+  """Joins a multi-process job before any other JAX call.
+
+  Explicit arguments, or with `auto` JAX's own detection (Cloud TPU, SLURM,
+  Open MPI). One process per host; the mesh then spans all their devices.
+  """
+  if coordinator_address or num_processes:
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  elif auto:
+    jax.distributed.initialize()
+
+
 def create_mesh(devices=None) -> jax.sharding.Mesh:
   """A 1-D "data" mesh over `devices` (default: all devices of all processes)."""
   devices = jax.devices() if devices is None else devices

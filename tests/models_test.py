@@ -1,5 +1,7 @@
 """Structure of the models: bottleneck activations, shortcuts, shapes, errors."""
 
+import functools
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -116,13 +118,16 @@ def test_v1_variants_drop_or_replace_layers():
   assert dm["pointwise"]["conv"]["kernel"].shape == (1, 1, 64, 64)
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2"])
-def test_train_mode_updates_batch_stats_and_uses_dropout(name):
-  model = get_model(dict(name=name, alpha=0.25, num_classes=5, dropout=0.5))
+@pytest.mark.parametrize("model_config", [
+    dict(name="mobilenet_v1", blocks=((64, 1), (128, 2))),
+    dict(name="mobilenet_v2", blocks=((1, 16, 1, 1), (6, 24, 2, 2))),
+])
+def test_train_mode_updates_batch_stats_and_uses_dropout(model_config):
+  model = get_model(dict(model_config, alpha=0.25, num_classes=5, dropout=0.5))
   x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
-  variables = model.init(jax.random.key(1), x)
-  logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"],
-                                rngs={"dropout": jax.random.key(2)})
+  variables = jax.jit(model.init)(jax.random.key(1), x)
+  apply = jax.jit(functools.partial(model.apply, train=True, mutable=["batch_stats"]))
+  logits, updates = apply(variables, x, rngs={"dropout": jax.random.key(2)})
   assert logits.shape == (4, 5)
   changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)),
                          variables["batch_stats"], updates["batch_stats"])
