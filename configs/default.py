@@ -138,6 +138,15 @@ def imagenet_recipe(config):
   return config
 
 
+def imagenet_config(model, arg: str):
+  """get_config for an ImageNet variant "alpha_size" of `model` (a ConfigDict)."""
+  config = get_config()
+  config.model = model
+  imagenet_recipe(config)
+  config.model.alpha, config.image_size = parse_variant(arg)
+  return config
+
+
 def parse_variant(arg: str):
   """"1.0_224" -> (1.0, 224): width multiplier and input size."""
   try:

@@ -8,10 +8,4 @@ from configs import default
 
 
 def get_config(arg="1.0_224"):
-  config = default.get_config()
-  config.model = default.model_v2()
-  default.imagenet_recipe(config)
-  alpha, size = default.parse_variant(arg)
-  config.model.alpha = alpha
-  config.image_size = size
-  return config
+  return default.imagenet_config(default.model_v2(), arg)

@@ -21,10 +21,20 @@ from mobilenet_jax.errors import ConfigError, check_choice
 EMBEDDED = ("sklearn_digits",)
 CROP_FRACTION = 0.875  # evaluation central crop (Inception / TF-slim)
 CACHE_LIMIT_BYTES = 2 << 30  # keep decoded datasets below this in memory
+TRAIN_AUGMENT = ("inception", "small", "none")
+EVAL_PREPROCESS = ("center_crop", "resize")
+
+
+def check_preprocessing(config):
+  """Raises ConfigError before tf.data traces the functions (where it would
+  become a StagingError)."""
+  check_choice("train_augment", config.train_augment, TRAIN_AUGMENT)
+  check_choice("eval_preprocess", config.eval_preprocess, EVAL_PREPROCESS)
 
 
 def get_builder(config):
   """The TFDS builder for config.dataset, prepared; ConfigError if it is not there."""
+  check_preprocessing(config)
   try:
     builder = tfds.builder(config.dataset, data_dir=config.data_dir)
   except tfds.core.registered.DatasetNotFoundError:
@@ -99,7 +109,6 @@ def center_crop(image, size: int):
 
 def preprocess_train(example, seed, config):
   image = to_rgb(example["image"])
-  check_choice("train_augment", config.train_augment, ("inception", "small", "none"))
   if config.train_augment == "inception":
     image = inception_crop(image, config.image_size, seed, config.random_flip)
   elif config.train_augment == "small":
@@ -112,7 +121,6 @@ def preprocess_train(example, seed, config):
 
 def preprocess_eval(example, config):
   image = to_rgb(example["image"])
-  check_choice("eval_preprocess", config.eval_preprocess, ("center_crop", "resize"))
   if config.eval_preprocess == "center_crop":
     image = center_crop(image, config.image_size)
   else:

@@ -20,6 +20,7 @@ import tensorflow_datasets as tfds
 
 from configs import default, mobilenet_v2
 from mobilenet_jax import checkpoint, parallel, train
+from mobilenet_jax.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -100,6 +101,14 @@ def test_loss_goes_down_on_a_repeated_batch():
   assert losses[-1] < 0.5 * losses[0]
 
 
+def test_bfloat16_compute_keeps_float32_parameters():
+  config = small_config()
+  config.dtype = "bfloat16"
+  state, losses = trainer(config, jax.devices(), False, tx=optax.adam(3e-3))(batch_of(16), steps=3)
+  assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+  assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype("float32")}
+
+
 # A small net on noise is chaotic: a 1e-6 relative change of the weights
 # grows ~40x in two steps, so the tests take two small steps at 64 px,
 # where the parameters move by ~1e-2, and allow 1e-4.
@@ -132,6 +141,7 @@ from configs import default
 def get_config():
   config = default.get_config()
   config.model.blocks = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2))
+  config.depthwise_impl = "lax"  # compiles faster; the loop is what is tested
   config.per_device_batch_size = 4
   config.eval_per_device_batch_size = 32
   return config
@@ -195,30 +205,42 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, small_config_file):
   assert ra["eval_top1"] == rb["eval_top1"]
 
 
-@pytest.mark.parametrize("overrides,words", [
-    (["--config.optimizer=adagrad"], ["optimizer", "'rmsprop_tf'"]),
-    (["--config.batch_size=6"], ["batch_size=6", "4 devices"]),
-    (["--config.dataset=imagenet2012", "--config.data_dir=/nonexistent/tfds",
-      "--config.model.num_classes=1000"], ["imagenet2012", "manual_dir", "configs/default.py"]),
-    (["--config.dataset=no_such_set"], ["no_such_set", "sklearn_digits"]),
-])
-def test_bad_input_is_one_line_and_nonzero(tmp_path, small_config_file, overrides, words):
-  code, err = main(tmp_path, small_config_file, "--config.num_train_steps=2", *overrides,
-                   devices=4)
+def test_missing_dataset_is_one_line_and_nonzero(tmp_path, small_config_file):
+  code, err = main(tmp_path, small_config_file, "--config.num_train_steps=2",
+                   "--config.dataset=imagenet2012", "--config.data_dir=/nonexistent/tfds",
+                   "--config.model.num_classes=1000")
   assert code != 0
   lines = [l for l in err.strip().splitlines() if l.startswith("error:")]
   assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
-  for word in words:
+  for word in ("imagenet2012", "manual_dir", "configs/default.py"):
     assert word in lines[0]
 
 
-def test_nonfinite_loss_stops_with_the_step_and_keeps_checkpoints(tmp_path, small_config_file):
-  code, err = main(tmp_path, small_config_file, "--config.num_train_steps=6", "--config.optimizer=sgd",
-                   "--config.learning_rate=1e30", "--config.warmup_epochs=0",
-                   "--config.checkpoint_every_steps=1", "--config.log_every_steps=100")
-  assert code != 0
-  line = [l for l in err.splitlines() if l.startswith("error:")][0]
-  assert "not finite at step" in line
+# main turns every ConfigError into one line and exit status 2 (the test
+# above, tests/summary_test.py); these check the messages themselves.
+@pytest.mark.parametrize("overrides,words", [
+    (dict(optimizer="adagrad"), ["optimizer", "'rmsprop_tf'"]),
+    (dict(batch_size=6), ["batch_size=6", "4 devices"]),
+    (dict(eval_batch_size=10), ["eval_batch_size=10", "4 devices"]),
+    (dict(dataset="no_such_set"), ["no_such_set", "sklearn_digits"]),
+    (dict(train_augment="autoaugment"), ["train_augment", "'inception'"]),
+])
+def test_bad_config_values_name_the_key(tmp_path, overrides, words):
+  config = tiny(default.get_config(), num_train_steps=2, **overrides)
+  with pytest.raises(ConfigError) as e:
+    train.train_and_evaluate(config, str(tmp_path))
+  for word in words:
+    assert word in str(e.value)
+  assert not os.path.exists(tmp_path / "checkpoints" / "1")
+
+
+def test_nonfinite_loss_stops_with_the_step_and_keeps_checkpoints(tmp_path):
+  config = small_config()
+  config.update(dict(num_train_steps=6, optimizer="sgd", learning_rate=1e30,
+                     warmup_epochs=0.0, checkpoint_every_steps=1, log_every_steps=100))
+  with pytest.raises(train.TrainingError, match="not finite at step 2.*step 1"):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
   assert not os.path.exists(tmp_path / "results.json")
 
 
