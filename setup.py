@@ -34,6 +34,7 @@ setup(
     extras_require={
         "test": [
             "pytest>=8",
+            "keras>=3",  # the reference the models are compared with
             "pytest-xdist>=3.5",
             "nbclient>=0.10",
             "nbformat>=5.10",

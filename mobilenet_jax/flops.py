@@ -14,7 +14,7 @@ their code, so tests can check one against the other.
 
 import dataclasses
 import math
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 from mobilenet_jax.models import get_model, mobilenet_v1, mobilenet_v2
 from mobilenet_jax.models.common import check_image_size

@@ -3,6 +3,8 @@
 import glob
 import os
 import runpy
+import subprocess
+import sys
 
 import pytest
 
@@ -33,3 +35,11 @@ def test_bad_variant_names_the_format():
   get_config = runpy.run_path(os.path.join(ROOT, "configs", "mobilenet_v1.py"))["get_config"]
   with pytest.raises(ValueError, match="'alpha_size'"):
     get_config("big")
+
+
+def test_models_and_train_step_import_without_tensorflow():
+  """GPU benchmark machines have JAX but no TensorFlow (DESIGN.md)."""
+  code = ("import sys; import mobilenet_jax.steps, mobilenet_jax.synthetic, "
+          "mobilenet_jax.flops, mobilenet_jax.parallel; "
+          "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'")
+  subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
