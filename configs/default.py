@@ -75,7 +75,7 @@ def get_config(arg=None):
   config.eval_per_device_batch_size = 64
 
   # Optimisation.
-  config.num_epochs = 40.0
+  config.num_epochs = 60.0
   config.num_train_steps = -1  # > 0 overrides num_epochs
   config.optimizer = "adamw"   # "rmsprop_tf" | "sgd" | "adamw"
   config.learning_rate = 3e-3  # for the global batch
