@@ -7,8 +7,16 @@ run sees exactly the batches an uninterrupted one would. Evaluation batches
 are padded to full size and carry a `mask`, so every example counts once.
 """
 
+import contextlib
 import math
+import os
+import tempfile
 from typing import Dict, Iterator
+
+try:
+  import fcntl
+except ImportError:  # Windows: no lock; prepare datasets one run at a time
+  fcntl = None
 
 import jax
 import numpy as np
@@ -23,6 +31,17 @@ CROP_FRACTION = 0.875  # evaluation central crop (Inception / TF-slim)
 CACHE_LIMIT_BYTES = 2 << 30  # keep decoded datasets below this in memory
 TRAIN_AUGMENT = ("inception", "small", "none")
 EVAL_PREPROCESS = ("center_crop", "resize")
+
+
+@contextlib.contextmanager
+def prepare_lock(name: str):
+  """One process at a time prepares a dataset on this machine (parallel runs
+  of a sweep, or test workers, would otherwise race on TFDS's directories)."""
+  path = os.path.join(tempfile.gettempdir(), f"mobilenet_jax_tfds_{name}.lock")
+  with open(path, "w") as f:
+    if fcntl is not None:
+      fcntl.flock(f, fcntl.LOCK_EX)
+    yield
 
 
 def check_preprocessing(config):
@@ -43,8 +62,9 @@ def get_builder(config):
         "'sklearn_digits' (embedded, offline), 'cifar10', 'cifar100', "
         "'imagenette' or 'imagenet2012', or 'synthetic'.") from None
   try:
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=config.manual_dir))
+    with prepare_lock(config.dataset):
+      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+          manual_dir=config.manual_dir))
   except Exception as e:  # no network, no manual files: say how to get it
     raise ConfigError(
         f"dataset={config.dataset!r} is not prepared in data_dir="
