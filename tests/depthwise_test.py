@@ -31,13 +31,12 @@ def test_shift_equals_lax_forward_and_gradients(size, strides, k, multiplier, pa
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
-# Short block tables keep this quick; they still have stride-2 and
-# depth-multiplier layers, which is what the implementations differ in.
-@pytest.mark.parametrize("model_config", [
-    dict(name="mobilenet_v1", depth_multiplier=2, blocks=((64, 1), (128, 2), (128, 1))),
-    dict(name="mobilenet_v2", blocks=((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2))),
-])
-def test_whole_model_same_with_either_implementation(model_config):
+# A short V1 keeps this quick; it has stride-2 (Keras-padded) and depth-
+# multiplier layers, the cases where the implementations could part; V2's
+# "SAME" padding is covered layer by layer above.
+def test_whole_model_same_with_either_implementation():
+  model_config = dict(name="mobilenet_v1", depth_multiplier=2,
+                      blocks=((64, 1), (128, 2), (128, 1)))
   x = jax.random.normal(jax.random.key(0), (2, 33, 33, 3))
   shift = get_model(dict(model_config, alpha=0.35, num_classes=7, depthwise_impl="shift"))
   slow = get_model(dict(model_config, alpha=0.35, num_classes=7, depthwise_impl="lax"))

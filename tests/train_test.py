@@ -56,22 +56,19 @@ def test_imagenet_config_trains_on_mock_data(tmp_path):
   assert os.path.isdir(tmp_path / "checkpoints" / "3")
 
 
-def make_step(config, mesh, sync_bn, tx):
+def trainer(config, devices, sync_bn, tx=optax.sgd(0.03), state=None):
+  """A function batch -> state after `steps` steps from `state` (default: init)."""
+  mesh = parallel.create_mesh(devices)
   model = steps.create_model(config, sync_bn=sync_bn)
-  state = steps.create_train_state(config, model, tx, jax.random.key(0))
+  if state is None:
+    state = steps.create_train_state(config, model, tx, jax.random.key(0))
   step = parallel.data_parallel(
       functools.partial(steps.train_step, model=model, tx=tx, config=config), mesh)
-  return parallel.replicate(state, mesh), step
+  state = parallel.replicate(state, mesh)
 
-
-def trainer(config, devices, sync_bn, tx=optax.sgd(0.03)):
-  """A function batch -> state after `steps` steps from the initial state."""
-  mesh = parallel.create_mesh(devices)
-  state, step = make_step(config, mesh, sync_bn, tx)
-
-  def run(batch, steps=2):
+  def run(batch, n=2):
     s, losses = state, []
-    for _ in range(steps):
+    for _ in range(n):
       s, metrics = step(s, parallel.shard_batch(batch, mesh))
       losses.append(float(metrics["loss"]))
     return jax.device_get(s), losses
@@ -98,7 +95,7 @@ def max_diff(a, b):
 def test_loss_goes_down_on_a_repeated_batch_in_bfloat16():
   config = small_config()
   config.dtype = "bfloat16"  # compute in bf16, keep parameters in float32
-  state, losses = trainer(config, jax.devices(), True, tx=optax.adam(3e-3))(batch_of(16), steps=8)
+  state, losses = trainer(config, jax.devices(), True, tx=optax.adam(3e-3))(batch_of(16), n=8)
   assert all(np.isfinite(losses)) and losses[-1] < 0.5 * losses[0]
   assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype("float32")}
 
@@ -112,10 +109,12 @@ def test_data_parallel_batch_norm_1_vs_4_devices():
   quarter = batch_of(4, seed=1, size=64)
   same = jax.tree.map(lambda x: np.concatenate([x] * 4), quarter)
   devices = jax.devices()
-  start = jax.device_get(make_step(config, parallel.create_mesh(), True, optax.sgd(0))[0])
+  start = jax.device_get(steps.create_train_state(
+      config, steps.create_model(config), optax.sgd(0.03), jax.random.key(0)))
 
-  sync, local = trainer(config, devices, True), trainer(config, devices, False)
-  one, _ = trainer(config, devices[:1], True)(mixed)
+  sync = trainer(config, devices, True, state=start)
+  local = trainer(config, devices, False, state=start)
+  one, _ = trainer(config, devices[:1], True, state=start)(mixed)
   four, _ = sync(mixed)
   assert max_diff(one.params, start.params) > 5e-3
   # Synchronised BN: 4 devices compute what 1 device does on the whole batch.
