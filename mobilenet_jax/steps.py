@@ -45,7 +45,9 @@ def initialize(model, image_size: int, rng):
   return variables["params"], variables.get("batch_stats", {})
 
 
-def create_train_state(config, model, tx, rng) -> TrainState:
+def create_train_state(config, tx, rng) -> TrainState:
+  """Initial state. Initialised with the plain model: a sync-BN model names a
+  mesh axis, which exists only inside shard_map; the variables are the same."""
   init_rng, rng = jax.random.split(rng)
   params, batch_stats = initialize(
       get_model(config.model), config.image_size, init_rng)

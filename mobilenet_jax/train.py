@@ -86,32 +86,31 @@ def total_steps(config, per_epoch: int) -> int:
   return max(1, int(math.ceil(config.num_epochs * per_epoch)))
 
 
-def evaluate(eval_fn, variables, config, builder, mesh) -> Dict[str, float]:
-  """Loss, top-1 and top-5 over the whole eval split, each example once."""
+def evaluate(eval_fn, state: TrainState, config, builder, mesh) -> Dict[str, float]:
+  """Loss, top-1 and top-5 over the whole eval split, each example once: the
+  raw weights as eval_*, the EMA weights (if kept) as eval_*_ema, both from
+  one pass over the data."""
   from mobilenet_jax import input_pipeline
-  global_batch = eval_batch_size(config)
-  steps = input_pipeline.eval_steps(builder, config.eval_split, global_batch)
-  local = parallel.local_batch_size(global_batch)
-  totals = None
-  for batch in input_pipeline.eval_batches(config, builder, local, steps):
-    _, sums = eval_fn(variables, parallel.shard_batch(batch, mesh))
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = jax.device_get(totals)
-  count = float(totals["count"])
-  return {"loss": float(totals["loss"]) / count, "top1": float(totals["top1"]) / count,
-          "top5": float(totals["top5"]) / count, "count": int(count)}
-
-
-def evaluate_all(eval_fn, state: TrainState, config, builder, mesh) -> Dict[str, float]:
-  """Raw weights as eval_*, and the EMA weights as eval_*_ema if kept."""
-  out = {}
   weights = {"": state.params}
   if config.ema_decay > 0:
     weights["_ema"] = state.ema_params
-  for suffix, params in weights.items():
-    m = evaluate(eval_fn, {"params": params, "batch_stats": state.batch_stats},
-                 config, builder, mesh)
-    out.update({f"eval_{k}{suffix}": v for k, v in m.items()})
+  global_batch = eval_batch_size(config)
+  steps = input_pipeline.eval_steps(builder, config.eval_split, global_batch)
+  local = parallel.local_batch_size(global_batch)
+  totals = {}
+  for batch in input_pipeline.eval_batches(config, builder, local, steps):
+    batch = parallel.shard_batch(batch, mesh)
+    for suffix, params in weights.items():
+      _, sums = eval_fn({"params": params, "batch_stats": state.batch_stats}, batch)
+      totals[suffix] = (sums if suffix not in totals
+                        else jax.tree.map(jnp.add, totals[suffix], sums))
+  out = {}
+  for suffix, sums in jax.device_get(totals).items():
+    count = float(sums["count"])
+    out.update({f"eval_loss{suffix}": float(sums["loss"]) / count,
+                f"eval_top1{suffix}": float(sums["top1"]) / count,
+                f"eval_top5{suffix}": float(sums["top5"]) / count,
+                f"eval_count{suffix}": int(count)})
   return out
 
 
@@ -187,7 +186,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   per_epoch = steps_per_epoch(config, builder)
   num_steps = total_steps(config, per_epoch)
   tx, schedule = optim.create_optimizer(config, per_epoch, num_steps)
-  state = create_train_state(config, model, tx, jax.random.key(config.seed))
+  state = create_train_state(config, tx, jax.random.key(config.seed))
   restored, meta = checkpoint.restore(manager, state, model_identity(config))
   meta = meta or {"identity": model_identity(config), "history": [], "train_time_s": 0.0}
   if restored is not None:
@@ -239,7 +238,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         train_metrics = []
       if eval_now:
         with report.timed("eval"):
-          result = evaluate_all(p_eval, state, config, builder, mesh)
+          result = evaluate(p_eval, state, config, builder, mesh)
         writer.write_scalars(step, result)
         meta["history"].append({"step": step, **result})
         logging.info("step %d eval: %s", step, ", ".join(

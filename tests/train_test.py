@@ -61,7 +61,7 @@ def trainer(config, devices, sync_bn, tx=optax.sgd(0.03), state=None):
   mesh = parallel.create_mesh(devices)
   model = steps.create_model(config, sync_bn=sync_bn)
   if state is None:
-    state = steps.create_train_state(config, model, tx, jax.random.key(0))
+    state = steps.create_train_state(config, tx, jax.random.key(0))
   step = parallel.data_parallel(
       functools.partial(steps.train_step, model=model, tx=tx, config=config), mesh)
   state = parallel.replicate(state, mesh)
@@ -109,8 +109,7 @@ def test_data_parallel_batch_norm_1_vs_4_devices():
   quarter = batch_of(4, seed=1, size=64)
   same = jax.tree.map(lambda x: np.concatenate([x] * 4), quarter)
   devices = jax.devices()
-  start = jax.device_get(steps.create_train_state(
-      config, steps.create_model(config), optax.sgd(0.03), jax.random.key(0)))
+  start = jax.device_get(steps.create_train_state(config, optax.sgd(0.03), jax.random.key(0)))
 
   sync = trainer(config, devices, True, state=start)
   local = trainer(config, devices, False, state=start)
