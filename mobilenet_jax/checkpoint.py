@@ -8,6 +8,8 @@ restores to garbage: the latest complete step is what `restore` finds.
 import os
 from typing import Any, Optional, Tuple
 
+import jax
+from etils import epath
 import orbax.checkpoint as ocp
 
 from mobilenet_jax.errors import ConfigError
@@ -51,3 +53,22 @@ def restore(manager: ocp.CheckpointManager, abstract_state,
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_state)))
   return restored["state"], meta
+
+
+def restore_on_host(workdir: str, step: Optional[int] = None) -> Tuple[dict, int]:
+  """(state as a dict of arrays on this host's first device, step) of a run's
+  checkpoint, whatever mesh or process count saved it: for export,
+  conversion and inspection. The latest step unless `step` is given."""
+  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  manager = ocp.CheckpointManager(directory)
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise ConfigError(f"no checkpoint in {directory}; train first, or check --workdir.")
+  tree = ocp.StandardCheckpointHandler().metadata(
+      epath.Path(directory) / str(step) / "state")
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), tree)
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(target)))
+  return restored["state"], step

@@ -1,9 +1,11 @@
 """TFDS + tf.data input pipelines: per-host splits -> local numpy batches.
 
-Training batches are a pure function of (seed, step): the stream is shuffled
-with a fixed seed, every example's augmentation is seeded by its position in
-the stream, and a resumed run skips the examples it already saw, so a resumed
-run sees exactly the batches an uninterrupted one would. Evaluation batches
+Training batches are a pure function of (seed, step, device): each device of
+the mesh reads its own shard of the split, shuffled with a fixed seed, every
+example's augmentation is seeded by its position in the stream, and a resumed
+run skips the examples it already saw. So a resumed run sees exactly the
+batches an uninterrupted one would, and 2 processes x 2 devices see the same
+global batches as 1 process x 4 devices. Evaluation batches
 are padded to full size and carry a `mask`, so every example counts once.
 """
 
@@ -11,14 +13,13 @@ import contextlib
 import math
 import os
 import tempfile
-from typing import Dict, Iterator
+from typing import Dict, Iterator, Sequence
 
 try:
   import fcntl
 except ImportError:  # Windows: no lock; prepare datasets one run at a time
   fcntl = None
 
-import jax
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -151,29 +152,47 @@ def preprocess_eval(example, config):
 
 
 def read_split(builder, split: str):
-  """This process's part of `split`, decoded, in a fixed order."""
-  ds = builder.as_dataset(split=tfds.split_for_jax_process(split),
-                          shuffle_files=False)
+  """`split` (or a slice of it), decoded, in a fixed order."""
+  ds = builder.as_dataset(split=split, shuffle_files=False)
   if builder.info.dataset_size and builder.info.dataset_size < CACHE_LIMIT_BYTES:
     ds = ds.cache()
   return ds
 
 
-def train_batches(config, builder, local_batch: int,
-                  start_step: int = 0) -> Iterator[Dict[str, np.ndarray]]:
-  """Endless local training batches, starting at `start_step` of the stream."""
-  ds = read_split(builder, config.train_split)
-  ds = ds.shuffle(config.shuffle_buffer, seed=config.seed,
+def shard_stream(config, builder, shard: int, num_shards: int, batch: int,
+                 start_step: int):
+  """Endless batches of one device's shard of the training split.
+
+  Each device of the mesh reads its own 1/num_shards of the split, shuffled
+  and augmented with seeds of (seed, shard): the global batch is then the
+  same however the devices are spread over processes.
+  """
+  part = tfds.even_splits(config.train_split, num_shards)[shard]
+  ds = read_split(builder, part)
+  ds = ds.shuffle(max(1, config.shuffle_buffer // num_shards),
+                  seed=config.seed * 100_003 + shard,
                   reshuffle_each_iteration=True).repeat()
-  ds = ds.enumerate().skip(start_step * local_batch)
-  base = tf.constant([config.seed, jax.process_index()], tf.int64)
+  ds = ds.enumerate().skip(start_step * batch)
+  base = tf.constant([config.seed, shard], tf.int64)
 
   def augment(index, example):
     return preprocess_train(example, base + [0, 1_000_003 * index], config)
 
   ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-  return ds.as_numpy_iterator()
+  return ds.batch(batch, drop_remainder=True)
+
+
+def train_batches(config, builder, shards: Sequence[int], num_shards: int,
+                  batch_per_shard: int,
+                  start_step: int = 0) -> Iterator[Dict[str, np.ndarray]]:
+  """Endless local training batches from `start_step` on: the batches of this
+  process's `shards` (its devices' positions in the mesh), concatenated."""
+  streams = tuple(shard_stream(config, builder, s, num_shards, batch_per_shard,
+                               start_step) for s in shards)
+  ds = tf.data.Dataset.zip(streams).map(
+      lambda *batches: {k: tf.concat([b[k] for b in batches], 0)
+                        for k in batches[0]})
+  return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
 def eval_steps(builder, split: str, global_batch: int) -> int:
@@ -182,7 +201,8 @@ def eval_steps(builder, split: str, global_batch: int) -> int:
 
 def eval_batches(config, builder, local_batch: int, steps: int):
   """Exactly `steps` local batches; padding examples have mask 0."""
-  ds = read_split(builder, config.eval_split)
+  # Each process reads its own part; padding evens out the parts.
+  ds = read_split(builder, tfds.split_for_jax_process(config.eval_split))
   ds = ds.map(lambda ex: preprocess_eval(ex, config),
               num_parallel_calls=tf.data.AUTOTUNE)
   zeros = {k: tf.zeros(s.shape, s.dtype) for k, s in ds.element_spec.items()}

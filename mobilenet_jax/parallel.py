@@ -6,6 +6,8 @@ global step with `data_parallel`; inside it, `lax.pmean(x, DATA)` averages
 over devices.
 """
 
+import socket
+import time
 from typing import Callable, Dict
 
 import jax
@@ -17,17 +19,77 @@ from mobilenet_jax.errors import ConfigError
 DATA = "data"
 
 
+def check_launch(coordinator_address, num_processes, process_id):
+  """The explicit launch arguments, checked before JAX sees them (JAX aborts
+  the process on most mistakes instead of raising)."""
+  if not coordinator_address or num_processes is None or process_id is None:
+    raise ConfigError(
+        "a multi-process launch needs all of --coordinator_address, "
+        "--num_processes and --process_id (or --distributed alone where JAX "
+        "detects the cluster: Cloud TPU, SLURM, Open MPI).")
+  host, _, port = coordinator_address.rpartition(":")
+  if not host or not port.isdigit():
+    raise ConfigError(f"--coordinator_address={coordinator_address!r} is not "
+                      "host:port, e.g. 10.0.0.2:1234.")
+  if num_processes < 1:
+    raise ConfigError(f"--num_processes={num_processes}; it must be at least 1.")
+  if not 0 <= process_id < num_processes:
+    raise ConfigError(f"--process_id={process_id} is out of range for "
+                      f"--num_processes={num_processes}; use 0 to "
+                      f"{num_processes - 1}, one per process.")
+  return host.strip("[]"), int(port)
+
+
+def wait_for_coordinator(host: str, port: int, timeout_s: float):
+  """Waits until process 0's coordinator accepts connections, or fails."""
+  deadline, error = time.time() + timeout_s, None
+  while time.time() < deadline:
+    try:
+      with socket.create_connection((host, port), timeout=2):
+        return
+    except OSError as e:
+      error = e
+      time.sleep(0.5)
+  raise ConfigError(
+      f"cannot reach the coordinator at {host}:{port} within {timeout_s:.0f} s "
+      f"({error}); start process 0 of the job, and check the address and that "
+      "the port is open between the hosts.")
+
+
+def check_can_listen(port: int):
+  """Process 0 serves the coordinator on `port`: it must be free."""
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+      s.bind(("", port))
+    except OSError as e:
+      raise ConfigError(f"process 0 cannot serve the coordinator on port {port} "
+                        f"({e}); choose a free port in --coordinator_address.")
+
+
 def initialize_distributed(coordinator_address=None, num_processes=None,
-                           process_id=None, auto: bool = False):
+                           process_id=None, auto: bool = False,
+                           timeout_s: int = 300, heartbeat_timeout_s: int = 100):
   """Joins a multi-process job before any other JAX call.
 
   Explicit arguments, or with `auto` JAX's own detection (Cloud TPU, SLURM,
   Open MPI). One process per host; the mesh then spans all their devices.
+  If a process dies, the others stop: at once with an error if they wait on
+  it in a collective, else when its heartbeats have been missing for
+  `heartbeat_timeout_s` (JAX then terminates them, saying another task died).
   """
-  if coordinator_address or num_processes:
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  timeouts = dict(initialization_timeout=timeout_s,
+                  heartbeat_timeout_seconds=heartbeat_timeout_s)
+  if coordinator_address or num_processes is not None or process_id is not None:
+    host, port = check_launch(coordinator_address, num_processes, process_id)
+    if process_id == 0:
+      check_can_listen(port)
+    else:
+      wait_for_coordinator(host, port, timeout_s)
+    jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                               **timeouts)
   elif auto:
-    jax.distributed.initialize()
+    jax.distributed.initialize(**timeouts)
 
 
 def create_mesh(devices=None) -> jax.sharding.Mesh:
@@ -52,6 +114,12 @@ def batch_sizes(global_batch: int, per_device: int, what: str = "batch_size"):
   return global_batch, global_batch // n
 
 
+def local_shards(mesh) -> list:
+  """Positions in the mesh of this process's devices: the data shards it reads."""
+  return [i for i, d in enumerate(mesh.devices.flat)
+          if d.process_index == jax.process_index()]
+
+
 def local_batch_size(global_batch: int) -> int:
   """This process's share of a global batch."""
   return global_batch // jax.process_count()
@@ -65,8 +133,18 @@ def shard_batch(batch: Dict[str, np.ndarray], mesh) -> Dict[str, jax.Array]:
 
 
 def replicate(tree, mesh):
-  """Puts a pytree on every device (the state all replicas share)."""
-  return jax.device_put(tree, NamedSharding(mesh, P()))
+  """Puts a pytree, equal on every process, on every device of the mesh (the
+  state all replicas share). Works across processes, unlike device_put."""
+  sharding = NamedSharding(mesh, P())
+
+  def put(x):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(put(jax.random.key_data(x)),
+                                      impl=jax.random.key_impl(x))
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+  return jax.tree.map(put, tree)
 
 
 def data_parallel(step: Callable, mesh, donate_state: bool = False) -> Callable:

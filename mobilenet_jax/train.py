@@ -59,14 +59,17 @@ def eval_batch_size(config) -> int:
                               config.eval_per_device_batch_size, "eval_batch_size")[0]
 
 
-def train_iterator(config, builder, start_step: int):
-  """This process's local numpy batches from `start_step` on."""
-  local_batch = parallel.local_batch_size(train_batch_size(config))
+def train_iterator(config, builder, mesh, start_step: int):
+  """This process's local numpy batches from `start_step` on: one shard of
+  the data per device, so the stream does not depend on the process count."""
+  shards = parallel.local_shards(mesh)
+  per_device = train_batch_size(config) // mesh.size
   if builder is None:
     from mobilenet_jax import synthetic
-    return synthetic.train_batches(config, local_batch, start_step)
+    return synthetic.train_batches(config, shards, per_device, start_step)
   from mobilenet_jax import input_pipeline
-  return input_pipeline.train_batches(config, builder, local_batch, start_step)
+  return input_pipeline.train_batches(config, builder, shards, mesh.size,
+                                      per_device, start_step)
 
 
 def steps_per_epoch(config, builder) -> int:
@@ -186,7 +189,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   per_epoch = steps_per_epoch(config, builder)
   num_steps = total_steps(config, per_epoch)
   tx, schedule = optim.create_optimizer(config, per_epoch, num_steps)
-  state = create_train_state(config, tx, jax.random.key(config.seed))
+  state = parallel.replicate(
+      create_train_state(config, tx, jax.random.key(config.seed)), mesh)
   restored, meta = checkpoint.restore(manager, state, model_identity(config))
   meta = meta or {"identity": model_identity(config), "history": [], "train_time_s": 0.0}
   if restored is not None:
@@ -197,8 +201,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     parameter_overview.log_parameter_overview(state.params)
     writer.write_hparams({k: v for k, v in flax.traverse_util.flatten_dict(
         config.to_dict(), sep=".").items() if isinstance(v, (int, float, str, bool))})
-  state = parallel.replicate(state, mesh)
-  train_iter = train_iterator(config, builder, start_step)
+  train_iter = train_iterator(config, builder, mesh, start_step)
 
   p_train = parallel.data_parallel(
       functools.partial(train_step, model=model, tx=tx, config=config), mesh,
@@ -246,7 +249,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if save_now:
         meta["train_time_s"] = time.time() - t0
         with report.timed("checkpoint"):
-          checkpoint.save(manager, step, jax.device_get(state), meta)
+          checkpoint.save(manager, step, state, meta)
       if sigterm.received:
         raise Preempted(f"SIGTERM: saved step {step} in {workdir}; run the same "
                         "command again to resume.")
