@@ -6,6 +6,10 @@
 """
 
 import logging as py_logging
+import os
+import sys
+
+import jax
 
 from absl import flags, logging
 from ml_collections import config_flags
@@ -20,6 +24,10 @@ flags.DEFINE_bool("distributed", False, "Join a multi-process job that JAX "
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 flags.DEFINE_integer("num_processes", None, "Processes in the job.")
 flags.DEFINE_integer("process_id", None, "This process's index.")
+flags.DEFINE_integer("distributed_timeout_s", 300, "Seconds to wait for all "
+                     "processes of a multi-process job to join.")
+flags.DEFINE_integer("heartbeat_timeout_s", 100, "Seconds without a heartbeat "
+                     "after which JAX declares a process dead and stops the others.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -35,12 +43,29 @@ def main(argv):
     raise ValueError(f"unexpected arguments: {argv[1:]}")
   logging.get_absl_logger().addFilter(QuietLibraries())
   parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                  FLAGS.process_id, FLAGS.distributed)
+                                  FLAGS.process_id, FLAGS.distributed,
+                                  FLAGS.distributed_timeout_s,
+                                  FLAGS.heartbeat_timeout_s)
   logging.info("Config:\n%s", FLAGS.config)
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (train.TrainingError, train.Preempted) as e:
     cli.fail(str(e))
+  except jax.errors.JaxRuntimeError as e:
+    if jax.process_count() == 1:
+      raise
+    lost_peer(e)
+
+
+def lost_peer(error: Exception):
+  """Another process died mid-collective: say so and exit at once. A normal
+  exit would wait in JAX's shutdown barrier for the dead process, then abort."""
+  print(f"error: process {jax.process_index()} of {jax.process_count()} lost "
+        f"contact with the job ({str(error).splitlines()[0]}). The checkpoints in "
+        f"{FLAGS.workdir} are intact: restart all processes with the same command "
+        "to resume from the last one.", file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(3)
 
 
 if __name__ == "__main__":

@@ -11,3 +11,26 @@ import sys
 # Tests load configs the way main does from the repository root.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+
+import pytest
+
+SMALL_CONFIG = """
+from configs import default
+
+def get_config():
+  config = default.get_config()
+  config.model.blocks = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2))
+  config.depthwise_impl = "lax"  # compiles faster; the loop is what is tested
+  config.per_device_batch_size = 4
+  config.eval_per_device_batch_size = 32
+  return config
+"""
+
+
+@pytest.fixture(scope="session")
+def small_config_file(tmp_path_factory):
+  """configs/default.py with a three-row block table: the same loop, fast to compile."""
+  path = tmp_path_factory.mktemp("configs") / "small.py"
+  path.write_text(SMALL_CONFIG)
+  return str(path)

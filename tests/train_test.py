@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
@@ -127,27 +126,6 @@ def test_data_parallel_batch_norm_1_vs_4_devices():
 
 # ----------------------------------------------------- main, as a process ---
 
-SMALL_CONFIG = """
-from configs import default
-
-def get_config():
-  config = default.get_config()
-  config.model.blocks = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2))
-  config.depthwise_impl = "lax"  # compiles faster; the loop is what is tested
-  config.per_device_batch_size = 4
-  config.eval_per_device_batch_size = 32
-  return config
-"""
-
-
-@pytest.fixture(scope="module")
-def small_config_file(tmp_path_factory):
-  """configs/default.py with a three-row block table: the same loop, fast to compile."""
-  path = tmp_path_factory.mktemp("configs") / "small.py"
-  path.write_text(SMALL_CONFIG)
-  return str(path)
-
-
 def main(workdir, config_file, *overrides, wait=True, devices=1):
   args = [sys.executable, "-m", "mobilenet_jax.main", "--config", config_file,
           "--workdir", str(workdir), *overrides]
@@ -166,10 +144,7 @@ RESUME = ["--config.num_train_steps=12", "--config.checkpoint_every_steps=4",
 
 
 def final_state(workdir):
-  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
-  restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
-      state=ocp.args.StandardRestore()))
-  return restored["state"]
+  return checkpoint.restore_on_host(str(workdir))[0]
 
 
 def test_sigkill_then_resume_is_bit_identical(tmp_path, small_config_file):
