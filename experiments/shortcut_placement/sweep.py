@@ -1,0 +1,12 @@
+"""MobileNetV2 Figure 6b: shortcuts between bottlenecks, between expansions, none."""
+
+from experiments import sweeps
+
+
+def get_sweep():
+  return dict(
+      name="shortcut_placement",
+      question="Where should the residual shortcut go (MobileNetV2 Fig. 6b)?",
+      base=sweeps.base_config(),
+      variants={s: {"model.shortcut": s} for s in ("bottleneck", "expansion", "none")},
+      seeds=[0, 1, 2], plot="curves")

@@ -1,0 +1,173 @@
+"""Runs a sweep of the papers' knobs over seeds, then writes its report.
+
+  python -m mobilenet_jax.ablate --sweep experiments/bottleneck_activation/sweep.py \
+      --workdir runs/bottleneck_activation [--set num_epochs=5] [--seeds 0,1,2] \
+      [--out experiments/bottleneck_activation]
+
+A sweep file defines `get_sweep()` returning a dict:
+  name, question: what it asks (the report's title and first line);
+  base: a training config (usually configs/default.py's);
+  variants: {variant name: {dotted config key: value}}, in report order;
+  seeds: list of seeds; plot: "madds" (top-1 vs multiply-adds) or "curves"
+  (eval top-1 over training).
+Every (variant, seed) is one run in WORKDIR/<variant>/seed_<seed>, trained
+one after another on the local devices. A run with a results.json is done
+and skipped; an interrupted one resumes from its checkpoints. So after a
+crash the same command finishes the sweep without redoing finished runs.
+"""
+
+import ast
+import copy
+import json
+import os
+import runpy
+import subprocess
+import sys
+import time
+from typing import Dict, List, NamedTuple
+
+from absl import flags, logging
+
+from mobilenet_jax import cli, report
+from mobilenet_jax.errors import ConfigError
+
+flags.DEFINE_string("sweep", None, "Sweep definition file (get_sweep()).")
+flags.DEFINE_string("workdir", None, "Directory of the sweep's runs.")
+flags.DEFINE_multi_string("set", [], "key=value applied to every run's config, "
+                          "e.g. num_epochs=5 or dataset=cifar10.")
+flags.DEFINE_list("seeds", None, "Seeds to run instead of the sweep's.")
+# --out (where report.md and the plots go) is defined by mobilenet_jax.report.
+flags.mark_flags_as_required(["sweep", "workdir"])
+FLAGS = flags.FLAGS
+
+
+class Run(NamedTuple):
+  variant: str
+  seed: int
+  config: object  # ml_collections.ConfigDict
+
+  @property
+  def name(self) -> str:
+    return f"{self.variant}/seed_{self.seed}"
+
+
+def parse_value(text: str):
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text  # a bare string, e.g. dataset=cifar10
+
+
+def apply_overrides(config, overrides: Dict[str, object], where: str):
+  """Sets dotted keys of `config`; an unknown key is a ConfigError naming it."""
+  for key, value in overrides.items():
+    unknown = cli.unknown_key(config, key)
+    if unknown:
+      raise ConfigError(f"{where}: {unknown}")
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def load_sweep(path: str) -> dict:
+  try:
+    sweep = runpy.run_path(path)["get_sweep"]()
+  except (OSError, KeyError) as e:
+    raise ConfigError(f"cannot load sweep {path!r} ({e}); it must define get_sweep().")
+  missing = {"name", "question", "base", "variants", "seeds"} - set(sweep)
+  if missing:
+    raise ConfigError(f"sweep {path!r} lacks {', '.join(sorted(missing))}.")
+  return sweep
+
+
+def expand(sweep: dict, overrides: Dict[str, object] = None,
+           seeds: List[int] = None) -> List[Run]:
+  """One Run per (variant, seed): the base config, the command line's
+  overrides, then the variant's own, with the seed set."""
+  runs = []
+  for variant, changes in sweep["variants"].items():
+    for seed in seeds if seeds is not None else sweep["seeds"]:
+      config = copy.deepcopy(sweep["base"])
+      apply_overrides(config, overrides or {}, "--set")
+      apply_overrides(config, changes, f"variant {variant!r}")
+      config.seed = int(seed)
+      runs.append(Run(variant, int(seed), config))
+  names = [r.name for r in runs]
+  if len(set(names)) != len(names):
+    raise ConfigError(f"sweep {sweep['name']!r} repeats a variant or seed.")
+  return runs
+
+
+def is_done(run_dir: str) -> bool:
+  return os.path.exists(os.path.join(run_dir, "results.json"))
+
+
+def git_commit() -> str:
+  """The commit of this checkout (with "+changes" if it has local edits)."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
+                          capture_output=True, text=True, check=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                           cwd=root, capture_output=True, text=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+  return head + ("+changes" if dirty else "")
+
+
+def write_sweep_record(workdir: str, sweep: dict, runs: List[Run]):
+  """What the report needs beyond the runs: question, order, plot, command."""
+  record = {"name": sweep["name"], "question": sweep["question"],
+            "plot": sweep.get("plot", "curves"),
+            "variants": list(sweep["variants"]),
+            "seeds": sorted({r.seed for r in runs}),
+            "command": "python -m mobilenet_jax.ablate " + " ".join(sys.argv[1:]),
+            "commit": git_commit()}
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "sweep.json"), "w") as f:
+    json.dump(record, f, indent=2)
+
+
+def run_all(runs: List[Run], workdir: str):
+  from mobilenet_jax import train
+  durations = []
+  for i, run in enumerate(runs, 1):
+    run_dir = os.path.join(workdir, run.variant, f"seed_{run.seed}")
+    if is_done(run_dir):
+      print(f"ablate: run {i}/{len(runs)} {run.name}: done before, skipped", flush=True)
+      continue
+    left = sum(not is_done(os.path.join(workdir, r.variant, f"seed_{r.seed}"))
+               for r in runs[i - 1:])
+    eta = (f", ETA {time.strftime('%H:%M:%S', time.gmtime(left * sum(durations) / len(durations)))}"
+           if durations else "")
+    print(f"ablate: run {i}/{len(runs)} {run.name}{eta}", flush=True)
+    t = time.time()
+    train.train_and_evaluate(run.config, run_dir)
+    durations.append(time.time() - t)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise ConfigError(f"unexpected arguments: {argv[1:]}")
+  sweep = load_sweep(FLAGS.sweep)
+  overrides = {}
+  for item in FLAGS.set:
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise ConfigError(f"--set {item!r} is not key=value, e.g. --set num_epochs=5.")
+    overrides[key] = parse_value(value)
+  seeds = [int(s) for s in FLAGS.seeds] if FLAGS.seeds else None
+  runs = expand(sweep, overrides, seeds)
+  write_sweep_record(FLAGS.workdir, sweep, runs)
+  logging.set_verbosity(logging.WARNING)  # the progress lines are the output
+  run_all(runs, FLAGS.workdir)
+  out = FLAGS.out or FLAGS.workdir
+  path = report.write_report(FLAGS.workdir, out)
+  print(f"ablate: {len(runs)} runs done; report in {path}")
+
+
+if __name__ == "__main__":
+  cli.run(main)

@@ -1,0 +1,213 @@
+"""Train/inference throughput of this project's MobileNets, and of the peers.
+
+  python -m mobilenet_jax.benchmark --model mobilenet_v2 --image_size 224 \
+      --batch_size 32 --mode both --peers keras,torch
+  python -m mobilenet_jax.benchmark --mode train --dtype bfloat16 --json
+
+Times the real data-parallel train step (`steps.train_step` under
+`parallel.data_parallel`, on every local device) and the inference forward
+pass, one step at a time after compilation and warm-up. Synthetic data by
+default (one device-resident batch, as the peers use); `--data pipeline`
+feeds the real input pipeline instead (and so imports TensorFlow).
+With --peers, Keras Applications and a PyTorch model of the same
+architecture run afterwards in the same invocation, one at a time, and the
+ratios are printed. With --json, one JSON object is printed.
+"""
+
+import functools
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import types
+
+from absl import app, flags
+
+flags.DEFINE_enum("model", "mobilenet_v2", ["mobilenet_v1", "mobilenet_v2"], "Model.")
+flags.DEFINE_float("alpha", 1.0, "Width multiplier.")
+flags.DEFINE_integer("image_size", 224, "Input resolution.")
+flags.DEFINE_integer("batch_size", 32, "Global batch size.")
+flags.DEFINE_enum("mode", "both", ["train", "infer", "both"], "What to time.")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype "
+                  "(parameters stay float32).")
+flags.DEFINE_integer("steps", 10, "Timed steps.")
+flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+flags.DEFINE_enum("data", "synthetic", ["synthetic", "pipeline"], "Synthetic "
+                  "batches, or the real input pipeline (needs TensorFlow).")
+flags.DEFINE_string("dataset", "sklearn_digits", "TFDS dataset for --data=pipeline.")
+flags.DEFINE_enum("depthwise_impl", "auto", ["auto", "lax", "shift"],
+                  "Depthwise convolution implementation.")
+flags.DEFINE_list("peers", [], "Also measure: keras, torch.")
+flags.DEFINE_bool("json", False, "Print one JSON object.")
+FLAGS = flags.FLAGS
+
+
+def bench_config():
+  """The fields of a training config the step reads; no ml_collections, so
+  the benchmark runs where only JAX is installed."""
+  return types.SimpleNamespace(
+      model={"name": FLAGS.model, "alpha": FLAGS.alpha, "num_classes": 1000},
+      image_size=FLAGS.image_size, dtype=FLAGS.dtype, sync_bn=False,
+      depthwise_impl=FLAGS.depthwise_impl, ema_decay=0.0, label_smoothing=0.0,
+      seed=0)
+
+
+def pipeline_batches(local_batch: int):
+  """Batches of the real input pipeline at the benchmark's size."""
+  from configs import default
+  from mobilenet_jax import input_pipeline
+  config = default.get_config()
+  config.dataset, config.image_size = FLAGS.dataset, FLAGS.image_size
+  builder = input_pipeline.get_builder(config)
+  return input_pipeline.train_batches(config, builder, [0], 1, local_batch)
+
+
+def peak_memory_mb(device) -> tuple:
+  """(peak MB, what was measured): the device allocator's peak where it has
+  one (GPU, TPU), else the process's peak resident memory (CPU)."""
+  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+  if stats and "peak_bytes_in_use" in stats:
+    return stats["peak_bytes_in_use"] / 2**20, "device peak_bytes_in_use"
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process peak RSS"
+
+
+def timed(fn, warmup: int, steps: int) -> dict:
+  """Figures for calling `fn` (which blocks on its result) steps times."""
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  median = statistics.median(times)
+  return {"img_per_s": FLAGS.batch_size / median, "step_ms_median": 1e3 * median,
+          "step_ms_min": 1e3 * min(times), "step_ms_max": 1e3 * max(times)}
+
+
+def measure_jax() -> dict:
+  import jax
+  import numpy as np
+  import optax
+
+  from mobilenet_jax import flops, parallel, steps
+
+  config = bench_config()
+  mesh = parallel.create_mesh(jax.local_devices())
+  model = steps.create_model(config)
+  tx = optax.rmsprop(0.01, decay=0.9, momentum=0.9)  # the peers' optimizer
+  state = parallel.replicate(steps.create_train_state(config, tx, jax.random.key(0)),
+                             mesh)
+  rng = np.random.default_rng(0)
+  size = FLAGS.image_size
+  batch = {"image": rng.standard_normal((FLAGS.batch_size, size, size, 3), np.float32),
+           "label": rng.integers(0, 1000, FLAGS.batch_size)}
+  device_batch = parallel.shard_batch(batch, mesh)
+  device = jax.local_devices()[0]
+  result = {"model": FLAGS.model, "alpha": FLAGS.alpha, "image_size": size,
+            "batch_size": FLAGS.batch_size, "dtype": FLAGS.dtype, "data": FLAGS.data,
+            "backend": jax.default_backend(), "device_kind": device.device_kind,
+            "num_devices": mesh.size, "jax": jax.__version__,
+            "madds": flops.count(config.model, size)["madds"]}
+
+  if FLAGS.mode in ("train", "both"):
+    step = parallel.data_parallel(
+        functools.partial(steps.train_step, model=model, tx=tx, config=config),
+        mesh, donate_state=True)
+    t = time.perf_counter()
+    step = step.lower(state, device_batch).compile()
+    compile_s = time.perf_counter() - t
+    if FLAGS.data == "pipeline":
+      batches = pipeline_batches(FLAGS.batch_size)
+      next_batch = lambda: parallel.shard_batch(next(batches), mesh)
+    else:
+      next_batch = lambda: device_batch
+    holder = [state]
+
+    def train():
+      holder[0], metrics = step(holder[0], next_batch())
+      metrics["loss"].block_until_ready()
+
+    result["train"] = {**timed(train, FLAGS.warmup, FLAGS.steps), "compile_s": compile_s}
+    state = holder[0]
+
+  if FLAGS.mode in ("infer", "both"):
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    infer = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    images = device_batch["image"]
+    t = time.perf_counter()
+    infer = infer.lower(variables, images).compile()
+    compile_s = time.perf_counter() - t
+    result["infer"] = {**timed(lambda: infer(variables, images).block_until_ready(),
+                               FLAGS.warmup, FLAGS.steps), "compile_s": compile_s}
+
+  # The headline figures: training's if timed, else inference's.
+  main_mode = result.get("train") or result["infer"]
+  result.update({k: main_mode[k] for k in ("img_per_s", "step_ms_median", "compile_s")})
+  result["peak_mem_mb"], result["peak_mem_of"] = peak_memory_mb(device)
+  return result
+
+
+def measure_peer(name: str) -> dict:
+  """Runs one peer in its own process (its framework stays out of ours)."""
+  args = [sys.executable, "-m", f"mobilenet_jax.peers.{name}_peer",
+          "--model", FLAGS.model, "--alpha", str(FLAGS.alpha),
+          "--image_size", str(FLAGS.image_size), "--batch_size", str(FLAGS.batch_size),
+          "--steps", str(FLAGS.steps), "--warmup", str(FLAGS.warmup), "--mode", FLAGS.mode]
+  if name == "torch" and FLAGS.dtype == "bfloat16":
+    args.append("--amp")
+  proc = subprocess.run(args, capture_output=True, text=True)
+  if proc.returncode != 0:
+    return {"peer": name, "error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def ratios(ours: dict, peer: dict) -> dict:
+  return {mode: ours[mode]["img_per_s"] / peer[mode]["img_per_s"]
+          for mode in ("train", "infer") if mode in ours and mode in peer}
+
+
+def print_table(result: dict):
+  print(f"{result['model']} alpha {result['alpha']} @ {result['image_size']}, batch "
+        f"{result['batch_size']}, {result['dtype']}, {result['data']} data, "
+        f"{result['backend']} ({result['device_kind']}) x {result['num_devices']}, "
+        f"jax {result['jax']}")
+  rows = [("mobilenet_jax", result)] + [(p["peer"], p) for p in result.get("peers", [])]
+  print(f"{'system':<16}{'mode':<7}{'img/s':>9}{'median ms':>11}{'min ms':>9}"
+        f"{'max ms':>9}{'compile s':>11}{'ours/this':>11}")
+  for name, r in rows:
+    if "error" in r:
+      print(f"{name:<16}failed: {r['error']}")
+      continue
+    for mode in ("train", "infer"):
+      if mode not in r:
+        continue
+      m = r[mode]
+      ratio = result["train" if mode == "train" else "infer"]["img_per_s"] / m["img_per_s"]
+      compile_s = f"{m['compile_s']:.1f}" if "compile_s" in m else "-"
+      print(f"{name:<16}{mode:<7}{m['img_per_s']:>9.1f}{m['step_ms_median']:>11.1f}"
+            f"{m['step_ms_min']:>9.1f}{m['step_ms_max']:>9.1f}{compile_s:>11}"
+            f"{ratio:>10.2f}x")
+  print(f"peak memory {result['peak_mem_mb']:.0f} MB ({result['peak_mem_of']})")
+
+
+def main(argv):
+  del argv
+  result = measure_jax()
+  if FLAGS.peers:
+    result["peers"] = []
+    for name in FLAGS.peers:
+      peer = measure_peer(name)
+      if "error" not in peer:
+        peer["ratio_ours_to_peer"] = ratios(result, peer)
+      result["peers"].append(peer)
+  if FLAGS.json:
+    print(json.dumps(result))
+  else:
+    print_table(result)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,55 @@
+"""Keras Applications MobileNet / MobileNetV2 on this machine, as the peer.
+
+The settings of ../shared/peers/keras_peer.py: RMSprop(0.01, rho 0.9, momentum
+0.9), sparse cross-entropy, one device-resident random batch, tf.function
+(XLA off unless --xla). Prints one JSON line with train and infer figures.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from mobilenet_jax.peers import emit, parse_args, summarize, time_steps  # noqa: E402
+
+
+def main():
+  args = parse_args([(("--xla",), {"action": "store_true"})])
+  ctor = (keras.applications.MobileNetV2 if args.model == "mobilenet_v2"
+          else keras.applications.MobileNet)
+  size, batch = args.image_size, args.batch_size
+  model = ctor(input_shape=(size, size, 3), alpha=args.alpha, weights=None,
+               classes=1000)
+  opt = keras.optimizers.RMSprop(learning_rate=0.01, rho=0.9, momentum=0.9)
+  loss_fn = keras.losses.SparseCategoricalCrossentropy()
+  x = tf.constant(np.random.rand(batch, size, size, 3).astype("float32"))
+  y = tf.constant(np.random.randint(0, 1000, size=(batch,)))
+
+  @tf.function(jit_compile=args.xla)
+  def train_step(x, y):
+    with tf.GradientTape() as tape:
+      loss = loss_fn(y, model(x, training=True))
+    grads = tape.gradient(loss, model.trainable_variables)
+    opt.apply_gradients(zip(grads, model.trainable_variables))
+    return loss
+
+  @tf.function(jit_compile=args.xla)
+  def infer(x):
+    return model(x, training=False)
+
+  result = {"peer": "keras", "framework": f"keras {keras.__version__} / "
+            f"tensorflow {tf.__version__}", "params": model.count_params()}
+  if args.mode in ("train", "both"):
+    times = time_steps(lambda: train_step(x, y).numpy(), args.warmup, args.steps)
+    result["train"] = summarize(times, batch)
+  if args.mode in ("infer", "both"):
+    times = time_steps(lambda: infer(x).numpy(), args.warmup, args.steps)
+    result["infer"] = summarize(times, batch)
+  emit(result)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,143 @@
+"""The ablation runner and its report: sweep expansion, statistics on
+hand-made results, bad results files, and a killed sweep finished by a rerun."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from configs import default
+from conftest import ROOT
+from mobilenet_jax import ablate, report
+from mobilenet_jax.errors import ConfigError
+
+
+def sweep(**changes):
+  return dict(name="toy", question="Which is better?", base=default.get_config(),
+              variants={"a": {"model.alpha": 0.75}, "b": {"model.alpha": 0.25,
+                                                          "num_epochs": 3.0}},
+              seeds=[0, 1, 2], **changes)
+
+
+def test_expansion_is_variants_times_seeds_with_unique_names():
+  runs = ablate.expand(sweep(), overrides={"num_epochs": 5.0, "model.alpha": 1.0})
+  assert [r.name for r in runs] == [f"{v}/seed_{s}" for v in "ab" for s in (0, 1, 2)]
+  assert [r.config.seed for r in runs] == [0, 1, 2] * 2
+  # The command line's overrides apply to all; a variant's own win.
+  assert [r.config.model.alpha for r in runs] == [0.75] * 3 + [0.25] * 3
+  assert [r.config.num_epochs for r in runs] == [5.0] * 3 + [3.0] * 3
+  assert default.get_config().model.alpha == 0.5  # the base is not changed
+  assert len(ablate.expand(sweep(), seeds=[7])) == 2
+
+
+def test_unknown_keys_and_repeated_seeds_are_errors():
+  with pytest.raises(ConfigError, match="variant 'a'.*'model.width'"):
+    s = sweep()
+    s["variants"]["a"] = {"model.width": 2}
+    ablate.expand(s)
+  with pytest.raises(ConfigError, match="--set.*'epochs'"):
+    ablate.expand(sweep(), overrides={"epochs": 1})
+  with pytest.raises(ConfigError, match="repeats"):
+    ablate.expand(sweep(), seeds=[1, 1])
+
+
+def write_result(workdir, variant, seed, top1, loss=1.0, history=None):
+  run_dir = workdir / variant / f"seed_{seed}"
+  run_dir.mkdir(parents=True)
+  config = default.get_config().to_dict()
+  (run_dir / "results.json").write_text(json.dumps({
+      "config": config, "eval_top1": top1, "eval_loss": loss, "train_time_s": 10.0,
+      "params": 1000, "madds": 2e6, "device_kind": "cpu", "num_devices": 1,
+      "steps": 20, "global_batch_size": 64,
+      "history": history or [{"step": 10, "eval_top1": top1 / 2},
+                             {"step": 20, "eval_top1": top1}]}))
+  return run_dir
+
+
+def test_report_statistics_on_hand_made_results(tmp_path):
+  (tmp_path / "sweep.json").write_text(json.dumps({
+      "name": "toy", "question": "Which is better?", "plot": "curves",
+      "variants": ["a", "b", "c"], "seeds": [0, 1, 2], "command": "cmd",
+      "commit": "abc"}))
+  for seed, top1 in enumerate((0.90, 0.92, 0.94)):
+    write_result(tmp_path, "a", seed, top1, loss=0.5 + seed)
+  for seed, top1 in enumerate((0.50, 0.52)):
+    write_result(tmp_path, "b", seed, top1)
+  write_result(tmp_path, "b", 2, 0.6)
+  (tmp_path / "b" / "seed_2" / "results.json").write_text("{not json")
+  (tmp_path / "c" / "seed_0").mkdir(parents=True)  # started, never finished
+  path = report.write_report(str(tmp_path))
+  text = open(path).read()
+  # a: mean 92.00, sample std 2.00, n 3; loss mean 1.5, std 1.0.
+  assert "| a | 1,000 | 2.00M | 92.00 ± 2.00 | 1.5000 ± 1.0000 | 10 | 3 |" in text
+  # b: the corrupt seed is skipped, not counted: n 2.
+  assert "| b | 1,000 | 2.00M | 51.00 ± 1.41 | 1.0000 ± 0.0000 | 10 | 2 |" in text
+  assert "| c | | | (no finished runs) | | | 0 |" in text
+  assert "b/seed_2: results.json unreadable (JSONDecodeError" in text
+  assert "c/seed_0: no results.json" in text
+  assert "larger than the seed spread" in text  # 41 points apart, se ~1.4
+  assert "commit `abc`" in text and "`cmd`" in text
+  assert os.path.getsize(tmp_path / "toy_eval_curves.png") > 10_000
+  # Built only from the files: regenerating gives the same report.
+  assert open(report.write_report(str(tmp_path))).read() == text
+
+
+def test_close_variants_are_not_called_different(tmp_path):
+  for seed, (a, b) in enumerate(((0.90, 0.91), (0.93, 0.90), (0.91, 0.92))):
+    write_result(tmp_path, "a", seed, a)
+    write_result(tmp_path, "b", seed, b)
+  (tmp_path / "sweep.json").write_text(json.dumps({
+      "name": "close", "question": "", "plot": "madds", "variants": ["a", "b"],
+      "seeds": [0, 1, 2], "command": "cmd"}))
+  text = open(report.write_report(str(tmp_path))).read()
+  assert "not distinguishable from seed noise" in text
+  assert os.path.exists(tmp_path / "close_top1_vs_madds.png")
+
+
+TINY_SWEEP = """
+from configs import default
+
+def get_sweep():
+  base = default.get_config()
+  base.model.blocks = ((1, 16, 1, 1), (6, 24, 2, 2))
+  base.depthwise_impl = "lax"
+  base.num_train_steps = 4
+  base.eval_every_steps = 4
+  base.checkpoint_every_steps = 2
+  base.per_device_batch_size = 4
+  return dict(name="tiny", question="Does the runner resume?", base=base,
+              variants={"relu6": {"model.bottleneck_activation": "relu6"},
+                        "linear": {}},
+              seeds=[0], plot="curves")
+"""
+
+
+def test_killed_sweep_finishes_without_redoing_runs(tmp_path):
+  sweep_file = tmp_path / "sweep.py"
+  sweep_file.write_text(TINY_SWEEP)
+  workdir = tmp_path / "runs"
+  args = [sys.executable, "-m", "mobilenet_jax.ablate", "--sweep", str(sweep_file),
+          "--workdir", str(workdir)]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  first = workdir / "relu6" / "seed_0" / "results.json"
+  proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not first.exists() and time.time() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert first.exists() and not (workdir / "report.md").exists()
+  stamp = os.path.getmtime(first)
+  done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "run 1/2 relu6/seed_0: done before, skipped" in done.stdout
+  assert "run 2/2 linear/seed_0" in done.stdout
+  assert os.path.getmtime(first) == stamp  # not redone
+  text = (workdir / "report.md").read_text()
+  assert text.count(" | 1 |") == 2  # each run counted once
