@@ -19,6 +19,7 @@ crash the same command finishes the sweep without redoing finished runs.
 import ast
 import copy
 import json
+import logging as py_logging
 import os
 import runpy
 import subprocess
@@ -30,6 +31,7 @@ from absl import flags, logging
 
 from mobilenet_jax import cli, report
 from mobilenet_jax.errors import ConfigError
+from mobilenet_jax.models import model_attributes
 
 flags.DEFINE_string("sweep", None, "Sweep definition file (get_sweep()).")
 flags.DEFINE_string("workdir", None, "Directory of the sweep's runs.")
@@ -59,9 +61,14 @@ def parse_value(text: str):
 
 
 def apply_overrides(config, overrides: Dict[str, object], where: str):
-  """Sets dotted keys of `config`; an unknown key is a ConfigError naming it."""
+  """Sets dotted keys of `config`; an unknown key is a ConfigError naming it.
+  Any attribute of the configured model counts as a key of config.model
+  (e.g. model.blocks, which the default leaves to the model's own table)."""
   for key, value in overrides.items():
     unknown = cli.unknown_key(config, key)
+    if unknown and key.startswith("model.") and key.count(".") == 1 and (
+        key[len("model."):] in model_attributes(config.model.name)):
+      unknown = None
     if unknown:
       raise ConfigError(f"{where}: {unknown}")
     *parents, leaf = key.split(".")
@@ -162,7 +169,10 @@ def main(argv):
   seeds = [int(s) for s in FLAGS.seeds] if FLAGS.seeds else None
   runs = expand(sweep, overrides, seeds)
   write_sweep_record(FLAGS.workdir, sweep, runs)
-  logging.set_verbosity(logging.WARNING)  # the progress lines are the output
+  # The progress lines are the console output; each run's train.log keeps
+  # the full log.
+  logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().setLevel(py_logging.WARNING)
   run_all(runs, FLAGS.workdir)
   out = FLAGS.out or FLAGS.workdir
   path = report.write_report(FLAGS.workdir, out)

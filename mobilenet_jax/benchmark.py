@@ -17,13 +17,14 @@ ratios are printed. With --json, one JSON object is printed.
 import functools
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import time
 import types
 
 from absl import app, flags
+
+from mobilenet_jax import peers
 
 flags.DEFINE_enum("model", "mobilenet_v2", ["mobilenet_v1", "mobilenet_v2"], "Model.")
 flags.DEFINE_float("alpha", 1.0, "Width multiplier.")
@@ -74,17 +75,8 @@ def peak_memory_mb(device) -> tuple:
 
 
 def timed(fn, warmup: int, steps: int) -> dict:
-  """Figures for calling `fn` (which blocks on its result) steps times."""
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(steps):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  median = statistics.median(times)
-  return {"img_per_s": FLAGS.batch_size / median, "step_ms_median": 1e3 * median,
-          "step_ms_min": 1e3 * min(times), "step_ms_max": 1e3 * max(times)}
+  """Figures for calling `fn` (which blocks on its result): the peers' method."""
+  return peers.summarize(peers.time_steps(fn, warmup, steps), FLAGS.batch_size)
 
 
 def measure_jax() -> dict:

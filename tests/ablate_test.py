@@ -32,6 +32,10 @@ def test_expansion_is_variants_times_seeds_with_unique_names():
   assert [r.config.num_epochs for r in runs] == [5.0] * 3 + [3.0] * 3
   assert default.get_config().model.alpha == 0.5  # the base is not changed
   assert len(ablate.expand(sweep(), seeds=[7])) == 2
+  # A model attribute the default config leaves unset is a valid key too.
+  blocks = ((1, 16, 1, 1),)
+  runs = ablate.expand(sweep(), overrides={"model.blocks": blocks})
+  assert all(r.config.model.blocks == blocks for r in runs)
 
 
 def test_unknown_keys_and_repeated_seeds_are_errors():
