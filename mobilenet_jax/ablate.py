@@ -9,7 +9,7 @@ A sweep file defines `get_sweep()` returning a dict:
   base: a training config (usually configs/default.py's);
   variants: {variant name: {dotted config key: value}}, in report order;
   seeds: list of seeds; plot: "madds" (top-1 vs multiply-adds) or "curves"
-  (eval top-1 over training).
+  (eval top-1 over training); notes (optional): caveats the report repeats.
 Every (variant, seed) is one run in WORKDIR/<variant>/seed_<seed>, trained
 one after another on the local devices. A run with a results.json is done
 and skipped; an interrupted one resumes from its checkpoints. So after a
@@ -128,13 +128,17 @@ def git_commit() -> str:
 def write_sweep_record(workdir: str, sweep: dict, runs: List[Run]):
   """What the report needs beyond the runs: question, order, plot, command."""
   record = {"name": sweep["name"], "question": sweep["question"],
-            "plot": sweep.get("plot", "curves"),
+            "plot": sweep.get("plot", "curves"), "notes": sweep.get("notes", []),
             "variants": list(sweep["variants"]),
             "seeds": sorted({r.seed for r in runs}),
             "command": "python -m mobilenet_jax.ablate " + " ".join(sys.argv[1:]),
             "commit": git_commit()}
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "sweep.json"), "w") as f:
+  path = os.path.join(workdir, "sweep.json")
+  if os.path.exists(path):  # a resumed sweep: its runs began at that commit
+    with open(path) as f:
+      record["commit"] = json.load(f).get("commit", record["commit"])
+  with open(path, "w") as f:
     json.dump(record, f, indent=2)
 
 

@@ -143,7 +143,7 @@ def setup_lines(record: dict, runs: Dict[str, List[dict]]) -> List[str]:
       max(r["_mtime"] for r in results), datetime.timezone.utc)
   return [
       f"- Command: `{record.get('command', '(unknown)')}`",
-      f"- Code: commit `{record.get('commit', 'unknown')}`; runs finished by "
+      f"- Code: commit `{record.get('commit', 'unknown')}` when the sweep began; runs finished by "
       f"{date:%Y-%m-%d %H:%M} UTC",
       f"- Device: {first['device_kind']} x {first['num_devices']} "
       f"({first.get('num_processes', 1)} process)",
@@ -190,10 +190,10 @@ def plot(record: dict, runs: Dict[str, List[dict]], summaries: Dict[str, dict],
                       [m + s for m, s in zip(mean, std)], alpha=0.2,
                       color=line.get_color())
     ax.set_xlabel("training step")
-  ax.set_ylabel(f"top-1 accuracy on {dataset} eval (%), mean ± std over seeds")
+  ax.set_ylabel(f"top-1 on {dataset} eval (%)")
   ax.set_title(record.get("question") or record["name"], fontsize=9)
   ax.grid(True, alpha=0.3)
-  ax.legend(fontsize=8)
+  ax.legend(fontsize=8, title="mean ± std over seeds", title_fontsize=8)
   fig.tight_layout()
   fig.savefig(os.path.join(out, name))
   plt.close(fig)
@@ -212,6 +212,8 @@ def write_report(workdir: str, out: str = None) -> str:
     lines += [record["question"], ""]
   lines += setup_lines(record, runs) + [""] + table(summaries) + [""]
   lines += ["## Conclusion", ""] + conclusion(summaries) + [""]
+  if record.get("notes"):
+    lines += ["## Caveats", ""] + [f"- {n}" for n in record["notes"]] + [""]
   if any(rs for rs in runs.values()):
     lines += [f"![{record['name']}]({plot(record, runs, summaries, out)})", ""]
   if problems:
