@@ -87,3 +87,40 @@ def test_residual_adds_where_keras_puts_them():
       jax.random.key(0), jnp.zeros((1, 64, 64, 3)), mutable=["intermediates", "params", "batch_stats"]))
   ours = sorted(int(k.split("_")[1]) for k in state["intermediates"])
   assert ours == keras_blocks
+
+
+@pytest.mark.parametrize("name,alpha,size", [
+    ("mobilenet_v2", 0.35, 161),  # odd size: every stride-2 pads unevenly
+    ("mobilenet_v2", 1.4, 64),
+    ("mobilenet_v1", 0.25, 161),
+    ("mobilenet_v1", 0.75, 64),
+])
+def test_from_keras_gives_the_same_logits(name, alpha, size):
+  from mobilenet_jax.interop.keras import from_keras
+  rng = np.random.default_rng(1)
+  km = keras_model(name, alpha, size, classes=7, classifier_activation=None)
+  randomize_bn_statistics(km, rng)
+  model, variables = from_keras(km)
+  assert (model.alpha, model.num_classes) == (alpha, 7)
+  x = rng.uniform(-1, 1, (2, size, size, 3)).astype(np.float32)
+  diff = np.abs(np.asarray(model.apply(variables, x)) - km(x, training=False))
+  assert diff.max() < 1e-4
+
+
+def test_keras_weights_file_of_another_alpha_or_model_is_a_clear_error(tmp_path):
+  from mobilenet_jax.errors import ConfigError
+  from mobilenet_jax.interop.keras import from_keras_file
+  km = keras_model("mobilenet_v2", 0.35, 32, classes=3, classifier_activation=None)
+  path = str(tmp_path / "v2_035.weights.h5")
+  km.save_weights(path)
+  model, variables = from_keras_file(path, "mobilenet_v2", 0.35, image_size=32,
+                                     num_classes=3)
+  x = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+  np.testing.assert_allclose(model.apply(variables, x), km(x, training=False), atol=1e-4)
+  with pytest.raises(ConfigError, match="does not fit a Keras mobilenet_v2 with alpha 0.5"):
+    from_keras_file(path, "mobilenet_v2", 0.5, image_size=32, num_classes=3)
+  with pytest.raises(ConfigError, match="does not fit a Keras mobilenet_v1 with alpha 0.35"):
+    from_keras_file(path, "mobilenet_v1", 0.35, image_size=32, num_classes=3)
+  with pytest.raises(ConfigError, match="not a Keras Applications MobileNet"):
+    from mobilenet_jax.interop.keras import from_keras
+    from_keras(keras.applications.ResNet50(weights=None, input_shape=(32, 32, 3)))

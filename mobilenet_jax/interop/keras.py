@@ -114,3 +114,75 @@ def _get(tree, path):
   for part in path.split("/"):
     tree = tree[part]
   return tree
+
+
+# ------------------------------------------------------ whole models -------
+
+def keras_model_config(keras_model) -> Dict[str, Any]:
+  """This project's model config for a Keras Applications MobileNet or
+  MobileNetV2: name and alpha from the Keras model's name (Keras writes
+  "mobilenet_{alpha:.2f}_{size}" / "mobilenetv2_{alpha:.2f}_{size}"), depth
+  multiplier, top and class count from its layers."""
+  parts = keras_model.name.split("_")
+  kinds = {"mobilenet": "mobilenet_v1", "mobilenetv2": "mobilenet_v2"}
+  try:
+    name, alpha = kinds[parts[0]], float(parts[1])
+  except (KeyError, IndexError, ValueError):
+    raise ConfigError(
+        f"the Keras model {keras_model.name!r} is not a Keras Applications "
+        "MobileNet or MobileNetV2 (their names are mobilenet_<alpha>_<size> and "
+        "mobilenetv2_<alpha>_<size>); load its weights with load_keras_weights "
+        "into a model you configure.") from None
+  layers = keras_layers(keras_model)
+  config = {"name": name, "alpha": alpha}
+  top = [w for (_, kind, w) in layers if kind == "Dense"] or (
+      [layers[-1][2]] if name == "mobilenet_v1" and layers[-1][0] == "conv_preds" else [])
+  config["include_top"] = bool(top)
+  if top:
+    config["num_classes"] = int(top[0][0].shape[-1])
+  if name == "mobilenet_v1":
+    first_depthwise = next(w for (_, kind, w) in layers if kind == "DepthwiseConv2D")
+    config["depth_multiplier"] = int(first_depthwise[0].shape[-1])
+  return config
+
+
+def from_keras(keras_model):
+  """(Flax module, variables) equal to a Keras Applications MobileNet or
+  MobileNetV2, for inference or as the start of training."""
+  from mobilenet_jax.models import get_model
+  config = keras_model_config(keras_model)
+  model = get_model(config)
+  size = keras_model.input_shape[1] or 224
+  shapes = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jax.numpy.zeros((1, size, size, 3))))
+  return model, load_keras_weights(keras_model, shapes)
+
+
+def from_keras_file(path: str, name: str = None, alpha: float = None,
+                    image_size: int = 224, num_classes: int = 1000,
+                    include_top: bool = True):
+  """from_keras for a saved file: a whole `.keras` model, or a weights file
+  (`.h5`, `.weights.h5`) together with the architecture's name and alpha.
+
+  A file of another architecture or alpha is a ConfigError that says so.
+  """
+  import keras
+  if path.endswith(".keras"):
+    return from_keras(keras.models.load_model(path, compile=False))
+  if name is None or alpha is None:
+    raise ConfigError(f"{path} holds weights only: give the model name "
+                      "(mobilenet_v1 or mobilenet_v2) and its alpha.")
+  build = {"mobilenet_v1": keras.applications.MobileNet,
+           "mobilenet_v2": keras.applications.MobileNetV2}[name]
+  keras_model = build(weights=None, alpha=alpha, classes=num_classes,
+                      include_top=include_top, classifier_activation=None,
+                      input_shape=(image_size, image_size, 3))
+  try:
+    keras_model.load_weights(path)
+  except (ValueError, KeyError) as e:
+    raise ConfigError(
+        f"{path} does not fit a Keras {name} with alpha {alpha}, "
+        f"{num_classes} classes, include_top={include_top} "
+        f"({str(e).splitlines()[0][:200]}); check the architecture and alpha "
+        "the file was saved with.") from None
+  return from_keras(keras_model)
