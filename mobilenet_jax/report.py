@@ -15,6 +15,7 @@ import json
 import math
 import os
 import statistics
+import textwrap
 from typing import Dict, List, Tuple
 
 from absl import app, flags
@@ -174,6 +175,10 @@ def plot(record: dict, runs: Dict[str, List[dict]], summaries: Dict[str, dict],
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, -10),
                     fontsize=7)
     ax.set_xscale("log")
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel("multiply-adds per image (millions, log scale)")
   else:
     name = f"{record['name']}_eval_curves.png"
@@ -191,7 +196,8 @@ def plot(record: dict, runs: Dict[str, List[dict]], summaries: Dict[str, dict],
                       color=line.get_color())
     ax.set_xlabel("training step")
   ax.set_ylabel(f"top-1 on {dataset} eval (%)")
-  ax.set_title(record.get("question") or record["name"], fontsize=9)
+  ax.set_title(textwrap.fill(record.get("question") or record["name"], 70),
+               fontsize=9)
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize=8, title="mean ± std over seeds", title_fontsize=8)
   fig.tight_layout()
