@@ -107,6 +107,8 @@ def test_from_keras_gives_the_same_logits(name, alpha, size):
   assert diff.max() < 1e-4
 
 
+# Keras warns once per layer it cannot match before it raises.
+@pytest.mark.filterwarnings("ignore:Skipping nested container")
 def test_keras_weights_file_of_another_alpha_or_model_is_a_clear_error(tmp_path):
   from mobilenet_jax.errors import ConfigError
   from mobilenet_jax.interop.keras import from_keras_file
