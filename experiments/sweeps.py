@@ -31,7 +31,7 @@ def model(name: str, **changes):
 
 NOTES = [
     f"Short runs: {EPOCHS} of the default's 60 epochs (the full default reaches "
-    "97.5% top-1). Differences here are in how fast a variant learns in a fixed "
+    "96.7-97.5% top-1). Differences here are in how fast a variant learns in a fixed "
     "short budget, not in converged accuracy; the paper's numbers are converged "
     "ImageNet results.",
     "Train times were measured on a shared 2-core CPU while other jobs ran; "
