@@ -142,22 +142,26 @@ def write_sweep_record(workdir: str, sweep: dict, runs: List[Run]):
     json.dump(record, f, indent=2)
 
 
+def run_dir(workdir: str, run: Run) -> str:
+  return os.path.join(workdir, run.variant, f"seed_{run.seed}")
+
+
 def run_all(runs: List[Run], workdir: str):
   from mobilenet_jax import train
   durations = []
+  left = sum(not is_done(run_dir(workdir, r)) for r in runs)
   for i, run in enumerate(runs, 1):
-    run_dir = os.path.join(workdir, run.variant, f"seed_{run.seed}")
-    if is_done(run_dir):
+    directory = run_dir(workdir, run)
+    if is_done(directory):
       print(f"ablate: run {i}/{len(runs)} {run.name}: done before, skipped", flush=True)
       continue
-    left = sum(not is_done(os.path.join(workdir, r.variant, f"seed_{r.seed}"))
-               for r in runs[i - 1:])
     eta = (f", ETA {time.strftime('%H:%M:%S', time.gmtime(left * sum(durations) / len(durations)))}"
            if durations else "")
     print(f"ablate: run {i}/{len(runs)} {run.name}{eta}", flush=True)
     t = time.time()
-    train.train_and_evaluate(run.config, run_dir)
+    train.train_and_evaluate(run.config, directory)
     durations.append(time.time() - t)
+    left -= 1
 
 
 def main(argv):
