@@ -96,6 +96,11 @@ def get_config(arg=None):
   config.label_smoothing = 0.1
   config.ema_decay = 0.0       # > 0 keeps an EMA of the parameters for eval
 
+  # Starting weights: the workdir of a run or of `python -m mobilenet_jax.convert`
+  # (Keras weights); a classifier of another class count is trained anew.
+  config.init_from = config_dict.placeholder(str)
+  config.eval_only = False  # evaluate init_from's (or the workdir's) weights once
+
   # Loop, evaluation, checkpoints, logs.
   config.log_every_steps = 50
   config.eval_every_steps = 500  # also at the end

@@ -1,10 +1,10 @@
 """What every command-line entry point shares: one-line errors for people."""
 
+import logging as py_logging
 import runpy
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags, logging
 
 from mobilenet_jax.errors import ConfigError
 
@@ -50,7 +50,7 @@ def parse_flags(argv):
   """absl flag parsing that turns a bad --config* flag into one line."""
   try:
     rest = flags.FLAGS(argv)
-    if "config" in flags.FLAGS:
+    if "config" in flags.FLAGS and flags.FLAGS.config is not None:
       flags.FLAGS.config.keys()  # config_flags loads lazily: fail here
     return rest
   except Exception as e:  # config_flags raises several types for one mistake
@@ -70,9 +70,17 @@ def parse_flags(argv):
     fail(f"bad config flag: {message}")
 
 
+class QuietLibraries:
+  """Drops the INFO chatter of orbax so the progress lines stay readable."""
+
+  def filter(self, record) -> bool:
+    return record.levelno > py_logging.INFO or "/orbax/" not in record.pathname
+
+
 def run(main):
   """absl's app.run, with ConfigError printed as one line and exit status 2."""
   def guarded(argv):
+    logging.get_absl_logger().addFilter(QuietLibraries())
     try:
       return main(argv)
     except ConfigError as e:

@@ -5,7 +5,6 @@
       --workdir gs://bucket/run --config.data_dir=/data/tfds
 """
 
-import logging as py_logging
 import os
 import sys
 
@@ -31,17 +30,9 @@ flags.DEFINE_integer("heartbeat_timeout_s", 100, "Seconds without a heartbeat "
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-class QuietLibraries:
-  """Drops the INFO chatter of orbax so the progress lines stay readable."""
-
-  def filter(self, record) -> bool:
-    return record.levelno > py_logging.INFO or "/orbax/" not in record.pathname
-
-
 def main(argv):
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments: {argv[1:]}")
-  logging.get_absl_logger().addFilter(QuietLibraries())
   parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id, FLAGS.distributed,
                                   FLAGS.distributed_timeout_s,

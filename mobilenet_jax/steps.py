@@ -51,6 +51,11 @@ def create_train_state(config, tx, rng) -> TrainState:
   init_rng, rng = jax.random.split(rng)
   params, batch_stats = initialize(
       get_model(config.model), config.image_size, init_rng)
+  return state_from(params, batch_stats, config, tx, rng)
+
+
+def state_from(params, batch_stats, config, tx, rng) -> TrainState:
+  """A step-0 state that starts from these weights."""
   return TrainState(
       step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
       opt_state=tx.init(params),

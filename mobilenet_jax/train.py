@@ -24,7 +24,7 @@ from clu import metric_writers, parameter_overview, periodic_actions
 from mobilenet_jax import checkpoint, flops, optim, parallel
 from mobilenet_jax.errors import ConfigError
 from mobilenet_jax.steps import (TrainState, create_model, create_train_state,
-                                 eval_step, train_step)
+                                 eval_step, state_from, train_step)
 
 
 class TrainingError(RuntimeError):
@@ -117,6 +117,33 @@ def evaluate(eval_fn, state: TrainState, config, builder, mesh) -> Dict[str, flo
   return out
 
 
+# ------------------------------------------------ starting from weights ---
+
+def warm_start(state: TrainState, config, tx) -> TrainState:
+  """`state` with the weights of config.init_from (the workdir of a run or of
+  `convert`) and a fresh optimizer; the classifier stays new if the class
+  count differs (fine-tuning)."""
+  saved, step = checkpoint.restore_on_host(config.init_from)
+  params, kept = checkpoint.merge_weights(state.params, saved["params"], config.init_from)
+  stats, _ = checkpoint.merge_weights(state.batch_stats, saved.get("batch_stats", {}),
+                                      config.init_from)
+  logging.info("Initialised from step %d of %s%s.", step, config.init_from,
+               f"; new (not loaded): {', '.join(kept)}" if kept else "")
+  return state_from(params, stats, config, tx, state.rng)
+
+
+def check_eval_only(config, builder, manager):
+  if not config.eval_only:
+    return
+  if builder is None:
+    raise ConfigError("config.eval_only needs a dataset with an eval split; "
+                      "'synthetic' has none.")
+  if not config.init_from and manager.latest_step() is None:
+    raise ConfigError("config.eval_only evaluates trained weights, and there are "
+                      "none: set --config.init_from=DIR (a run's or convert's "
+                      "workdir), or use the --workdir of a run.")
+
+
 # ------------------------------------------------------------ bookkeeping ---
 
 def model_identity(config) -> dict:
@@ -186,13 +213,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # The data decides the epoch length, so it comes before the optimizer;
   # the iterator is only started once the resume step is known.
   builder = open_dataset(config)
+  check_eval_only(config, builder, manager)
   per_epoch = steps_per_epoch(config, builder)
   num_steps = total_steps(config, per_epoch)
   tx, schedule = optim.create_optimizer(config, per_epoch, num_steps)
-  state = parallel.replicate(
-      create_train_state(config, tx, jax.random.key(config.seed)), mesh)
+  state = create_train_state(config, tx, jax.random.key(config.seed))
+  if config.init_from and manager.latest_step() is None:
+    state = warm_start(state, config, tx)
+  state = parallel.replicate(state, mesh)
   restored, meta = checkpoint.restore(manager, state, model_identity(config))
-  meta = meta or {"identity": model_identity(config), "history": [], "train_time_s": 0.0}
+  meta = meta or {"identity": model_identity(config), "history": [], "train_time_s": 0.0,
+                  "config": json.loads(json.dumps(config.to_dict()))}
   if restored is not None:
     state = restored
     logging.info("Resumed from step %d in %s.", int(state.step), workdir)
@@ -209,6 +240,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   p_eval = parallel.data_parallel(
       functools.partial(eval_step, model=create_model(config, sync_bn=False)), mesh)
 
+  if config.eval_only:  # the loop below then does nothing
+    num_steps = start_step
+    meta["history"].append({"step": start_step, **evaluate(p_eval, state, config, builder, mesh)})
+    logging.info("eval only, step %d: %s", start_step, meta["history"][-1])
   report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
   sigterm = SigtermFlag()
   losses, checked_step, train_metrics = [], start_step, []

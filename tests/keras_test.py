@@ -126,3 +126,58 @@ def test_keras_weights_file_of_another_alpha_or_model_is_a_clear_error(tmp_path)
   with pytest.raises(ConfigError, match="not a Keras Applications MobileNet"):
     from mobilenet_jax.interop.keras import from_keras
     from_keras(keras.applications.ResNet50(weights=None, input_shape=(32, 32, 3)))
+
+
+# ------------------------------------ convert: Keras file -> checkpoint -> main ---
+
+def test_converted_keras_weights_evaluate_through_main_as_keras_predicts(tmp_path):
+  """convert, then main's eval-only path: the same top-1 as Keras itself."""
+  from configs import default
+  from mobilenet_jax import input_pipeline, train
+  from mobilenet_jax.interop.keras import convert_to_checkpoint
+  km = keras_model("mobilenet_v2", 0.35, 32, classes=10, classifier_activation=None)
+  randomize_bn_statistics(km, np.random.default_rng(2))
+  km.save_weights(str(tmp_path / "v2.weights.h5"))
+  config = default.get_config()
+  config.model.alpha, config.depthwise_impl = 0.35, "lax"
+  diff = convert_to_checkpoint(str(tmp_path / "v2.weights.h5"), config, str(tmp_path / "keras"))
+  assert diff < 1e-4
+  config.init_from, config.eval_only = str(tmp_path / "keras"), True
+  results = train.train_and_evaluate(config, str(tmp_path / "eval"))
+  images, labels = input_pipeline.first_examples(
+      config, input_pipeline.get_builder(config), config.eval_split, 1000)
+  keras_top1 = np.mean(np.argmax(km(images, training=False), -1) == labels)
+  assert (results["steps"], results["eval_count"]) == (0, 360)
+  assert results["eval_top1"] == pytest.approx(keras_top1, abs=1e-9)
+  assert 0.05 < keras_top1 < 0.5  # random weights: a real but poor classifier
+
+
+def test_convert_refuses_a_keras_model_the_config_does_not_describe(tmp_path):
+  from configs import default
+  from mobilenet_jax.errors import ConfigError
+  from mobilenet_jax.interop.keras import convert_to_checkpoint
+  keras_model("mobilenet_v1", 0.25, 32, classes=10).save(str(tmp_path / "v1.keras"))
+  config = default.get_config()  # a MobileNetV2
+  with pytest.raises(ConfigError, match="model: 'MobileNetV1' there, 'MobileNetV2' here"):
+    convert_to_checkpoint(str(tmp_path / "v1.keras"), config, str(tmp_path / "out"))
+  config.model = default.model_v1()
+  config.model.num_classes = 10
+  with pytest.raises(ConfigError, match="alpha: 0.25 there, 1.0 here"):
+    convert_to_checkpoint(str(tmp_path / "v1.keras"), config, str(tmp_path / "out"))
+  assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.filterwarnings("ignore:Skipping nested container")
+def test_convert_command_names_a_wrong_alpha_and_writes_nothing(tmp_path):
+  import subprocess
+  import sys
+  from conftest import ROOT
+  path = str(tmp_path / "v2_035.weights.h5")
+  keras_model("mobilenet_v2", 0.35, 32, classes=10, classifier_activation=None).save_weights(path)
+  proc = subprocess.run(
+      [sys.executable, "-m", "mobilenet_jax.convert", "--from-keras", path,
+       "--config", "configs/default.py", "--out", str(tmp_path / "out")],
+      cwd=ROOT, capture_output=True, text=True)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "does not fit a Keras mobilenet_v2 with alpha 0.5" in proc.stderr.splitlines()[-1]
+  assert not (tmp_path / "out").exists()

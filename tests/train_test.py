@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,7 +19,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import default, mobilenet_v2
-from mobilenet_jax import checkpoint, parallel, steps, train
+from mobilenet_jax import checkpoint, optim, parallel, steps, train
 from mobilenet_jax.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -221,3 +222,50 @@ def test_different_model_in_workdir_refuses_to_resume(tmp_path, small_config_fil
   line = [l for l in err.splitlines() if l.startswith("error:")][0]
   assert "different model" in line and "model.alpha: 0.5 there, 0.75 here" in line
   assert os.path.isdir(tmp_path / "checkpoints" / "5")  # left as it was
+
+
+# ------------------------------------------------- init_from (warm start) ---
+
+def warm_start_setup(tmp_path, num_classes):
+  """A state for configs/default.py and a converted-weights checkpoint of the
+  same network (every weight + 1) with `num_classes` classes."""
+  config = tiny(default.get_config())
+  config.model.blocks = SMALL_BLOCKS
+  tx, _ = optim.create_optimizer(config, 10, 100)
+  state = steps.create_train_state(config, tx, jax.random.key(0))
+  source = config.copy_and_resolve_references()
+  source.model.num_classes = num_classes
+  other = steps.create_train_state(source, tx, jax.random.key(1))
+  saved = jax.tree.map(lambda x: x + 1, {"params": other.params,
+                                         "batch_stats": other.batch_stats})
+  checkpoint.save_weights(str(tmp_path / "weights"), saved, {"identity": {}})
+  config.init_from = str(tmp_path / "weights")
+  return config, tx, state, saved
+
+
+def test_init_from_loads_every_weight_and_a_new_head_for_another_class_count(tmp_path):
+  config, tx, state, saved = warm_start_setup(tmp_path, num_classes=7)
+  started = train.warm_start(state, config, tx)
+  flat = lambda t: flax.traverse_util.flatten_dict(t, sep="/")
+  for path, value in flat(started.params).items():
+    expected = state.params if path.startswith("classifier") else saved["params"]
+    np.testing.assert_array_equal(value, flat(expected)[path])
+  jax.tree.map(np.testing.assert_array_equal, started.batch_stats, saved["batch_stats"])
+  assert int(started.step) == 0
+
+
+def test_init_from_of_another_width_is_a_clear_error(tmp_path):
+  config, tx, state, _ = warm_start_setup(tmp_path, num_classes=10)
+  config.model.alpha = 0.5
+  other = steps.create_train_state(config, tx, jax.random.key(0))
+  with pytest.raises(ConfigError, match="another architecture: .* has shape"):
+    train.warm_start(other, config, tx)
+
+
+def test_converted_weights_are_not_resumed_as_a_run(tmp_path):
+  config, tx, state, _ = warm_start_setup(tmp_path, num_classes=10)
+  manager = checkpoint.create_manager(config.init_from, 2)
+  with pytest.raises(ConfigError, match="holds converted weights, not a training run"):
+    checkpoint.restore(manager, state, train.model_identity(config))
+  with pytest.raises(ConfigError, match="already holds a checkpoint"):
+    checkpoint.save_weights(config.init_from, {}, {})

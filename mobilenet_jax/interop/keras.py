@@ -5,6 +5,7 @@ Keras and this project build the networks layer for layer in the same order
 every pair is checked by shape. Only this module imports Keras.
 """
 
+import os
 from typing import Any, Dict, List, Tuple
 
 import flax
@@ -166,17 +167,24 @@ def from_keras_file(path: str, name: str = None, alpha: float = None,
 
   A file of another architecture or alpha is a ConfigError that says so.
   """
+  return from_keras(load_keras_file(path, name, alpha, image_size, num_classes,
+                                    include_top))
+
+
+def load_keras_file(path: str, name: str = None, alpha: float = None,
+                    image_size: int = 224, num_classes: int = 1000,
+                    include_top: bool = True):
+  """The Keras model of a `.keras` file, or a Keras Applications model of
+  `name` and `alpha` holding the weights of an `.h5` file."""
   import keras
+  if not os.path.exists(path):
+    raise ConfigError(f"{path} does not exist; give a .keras, .h5 or .weights.h5 file.")
   if path.endswith(".keras"):
-    return from_keras(keras.models.load_model(path, compile=False))
+    return keras.models.load_model(path, compile=False)
   if name is None or alpha is None:
     raise ConfigError(f"{path} holds weights only: give the model name "
                       "(mobilenet_v1 or mobilenet_v2) and its alpha.")
-  build = {"mobilenet_v1": keras.applications.MobileNet,
-           "mobilenet_v2": keras.applications.MobileNetV2}[name]
-  keras_model = build(weights=None, alpha=alpha, classes=num_classes,
-                      include_top=include_top, classifier_activation=None,
-                      input_shape=(image_size, image_size, 3))
+  keras_model = keras_application(name, alpha, image_size, num_classes, include_top)
   try:
     keras_model.load_weights(path)
   except (ValueError, KeyError) as e:
@@ -185,4 +193,78 @@ def from_keras_file(path: str, name: str = None, alpha: float = None,
         f"{num_classes} classes, include_top={include_top} "
         f"({str(e).splitlines()[0][:200]}); check the architecture and alpha "
         "the file was saved with.") from None
-  return from_keras(keras_model)
+  return keras_model
+
+
+def keras_application(name: str, alpha: float, image_size: int, num_classes: int,
+                      include_top: bool = True, depth_multiplier: int = 1):
+  """A Keras Applications MobileNet (V1) or MobileNetV2 with random weights
+  and logits out."""
+  import keras
+  extra = {"depth_multiplier": depth_multiplier} if name == "mobilenet_v1" else {}
+  build = {"mobilenet_v1": keras.applications.MobileNet,
+           "mobilenet_v2": keras.applications.MobileNetV2}[name]
+  return build(weights=None, alpha=alpha, classes=num_classes, include_top=include_top,
+               classifier_activation=None, input_shape=(image_size, image_size, 3),
+               **extra)
+
+
+def keras_counterpart(model_config: Dict[str, Any], image_size: int):
+  """keras_application of the same network as `model_config`, or None for
+  an ablation variant Keras does not build (shallow, ReLU bottlenecks, ...)."""
+  from mobilenet_jax.models import architecture, get_model
+  plain = {k: model_config[k] for k in ("name", "alpha", "num_classes", "include_top")}
+  if model_config["name"] == "mobilenet_v1":
+    plain["depth_multiplier"] = model_config.get("depth_multiplier", 1)
+  if architecture(get_model(model_config)) != architecture(get_model(plain)):
+    return None
+  return keras_application(image_size=image_size, **plain)
+
+
+# -------------------------------------------------- to a checkpoint -------
+
+def check_same_architecture(converted, wanted, path: str):
+  """The Keras file's network must be the config's, knob for knob."""
+  from mobilenet_jax.checkpoint import describe_difference
+  from mobilenet_jax.models import architecture
+  have, want = architecture(converted), architecture(wanted)
+  if type(converted) is not type(wanted):
+    have, want = {"model": type(converted).__name__}, {"model": type(wanted).__name__}
+  if have != want:
+    raise ConfigError(f"{path} is not the config's model ({describe_difference(have, want)}); "
+                      "pass the config of the architecture the file was saved with. "
+                      "Nothing was written.")
+
+
+def max_abs_difference(keras_model, model, variables, image_size: int) -> float:
+  """Largest difference of Keras' and the converted model's outputs on a
+  random batch (softmax outputs if the Keras model ends in a softmax)."""
+  x = np.random.RandomState(0).uniform(-1, 1, (2, image_size, image_size, 3)).astype(np.float32)
+  ours = model.apply(variables, x, train=False)
+  last = getattr(keras_model.layers[-1], "activation", None)
+  if getattr(last, "__name__", "") == "softmax":
+    ours = jax.nn.softmax(ours)
+  return float(np.max(np.abs(np.asarray(keras_model(x, training=False)) - np.asarray(ours))))
+
+
+def convert_to_checkpoint(path: str, config, out: str) -> float:
+  """Writes the Keras file's weights for `config`'s model as a checkpoint in
+  `out` (for --config.init_from and export); returns the largest output
+  difference between the Keras model and the converted one."""
+  import json
+  from mobilenet_jax import checkpoint
+  from mobilenet_jax.models import get_model
+  from mobilenet_jax.train import model_identity
+  m = config.model
+  keras_model = load_keras_file(path, m.name, m.alpha, config.image_size,
+                                m.num_classes, m.include_top)
+  model, variables = from_keras(keras_model)
+  check_same_architecture(model, get_model(config.model), path)
+  diff = max_abs_difference(keras_model, model, variables, config.image_size)
+  checkpoint.save_weights(out, variables, {
+      "identity": model_identity(config),
+      "config": json.loads(json.dumps(config.to_dict())),
+      "source": os.path.abspath(path),
+      "keras_max_abs_difference": diff,
+  })
+  return diff

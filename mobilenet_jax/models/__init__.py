@@ -24,6 +24,17 @@ def model_attributes(name: str):
                if f.init and f.name not in ("parent", "name"))
 
 
+# Attributes that change training or speed but not the function computed.
+NOT_ARCHITECTURE = ("dropout", "bn_momentum", "bn_axis_name", "depthwise_impl",
+                    "pointwise_impl", "dtype")
+
+
+def architecture(model) -> dict:
+  """The attributes of a built model that decide the function it computes."""
+  return {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
+          if f.init and f.name not in NOT_ARCHITECTURE + ("parent", "name")}
+
+
 def get_model(model_config: Mapping[str, Any], **overrides):
   """Builds the module named by model_config["name"] from the other keys.
 
