@@ -195,6 +195,14 @@ def train_batches(config, builder, shards: Sequence[int], num_shards: int,
   return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
+def first_examples(config, builder, split: str, limit: int):
+  """(images, labels) of the first `limit` examples of `split`, preprocessed
+  for evaluation, as numpy: calibration and checks of exported models."""
+  ds = read_split(builder, split).take(limit).map(lambda ex: preprocess_eval(ex, config))
+  batch = next(ds.batch(limit).as_numpy_iterator())
+  return batch["image"], batch["label"]
+
+
 def eval_steps(builder, split: str, global_batch: int) -> int:
   return math.ceil(num_examples(builder, split) / global_batch)
 

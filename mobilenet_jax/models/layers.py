@@ -16,6 +16,8 @@ from mobilenet_jax.models.depthwise import DepthwiseConv
 
 Padding = Union[str, Sequence[Tuple[int, int]]]
 
+POINTWISE_IMPLS = ("dot", "conv")
+
 ACTIVATIONS = {
     "relu6": jax.nn.relu6,
     "relu": jax.nn.relu,
@@ -35,15 +37,23 @@ class Pointwise(nn.Module):
   The same parameter ("kernel", (1, 1, C_in, C_out), lecun_normal) and the
   same result as nn.Conv; XLA's CPU convolution is ~3x slower than its dot
   for 1x1 kernels (DESIGN.md), and on GPU/TPU both lower to the same matmul.
+  `impl="conv"` computes it as a convolution instead: the TFLite converter
+  cannot lower a rank-4 dot_general, and turns the convolution into TFLite's
+  own CONV_2D (export.py).
   """
   features: int
   dtype: Any = jnp.float32
+  impl: str = "dot"
 
   @nn.compact
   def __call__(self, x):
+    check_choice("pointwise_impl", self.impl, POINTWISE_IMPLS)
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
                         (1, 1, x.shape[-1], self.features))
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    if self.impl == "conv":
+      return jax.lax.conv_general_dilated(
+          x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return jnp.dot(x, kernel[0, 0])
 
 
@@ -64,6 +74,7 @@ class ConvBN(nn.Module):
   bn_epsilon: float = 1e-3
   bn_axis_name: Optional[str] = None
   depthwise_impl: str = "auto"
+  pointwise_impl: str = "dot"
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -73,7 +84,7 @@ class ConvBN(nn.Module):
                         self.padding, self.depthwise_impl, self.dtype,
                         name="conv")(x)
     elif self.kernel_size == 1 and self.strides == 1 and self.groups == 1:
-      x = Pointwise(self.features, self.dtype, name="conv")(x)
+      x = Pointwise(self.features, self.dtype, self.pointwise_impl, name="conv")(x)
     else:
       x = nn.Conv(self.features, (self.kernel_size, self.kernel_size),
                   strides=self.strides, padding=self.padding,
@@ -102,6 +113,7 @@ class SeparableBlock(nn.Module):
   bn_epsilon: float = 1e-3
   bn_axis_name: Optional[str] = None
   depthwise_impl: str = "auto"
+  pointwise_impl: str = "dot"
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -139,6 +151,7 @@ class InvertedResidual(nn.Module):
   bn_epsilon: float = 1e-3
   bn_axis_name: Optional[str] = None
   depthwise_impl: str = "auto"
+  pointwise_impl: str = "dot"
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -182,7 +195,7 @@ def depthwise_conv_bn(x, depth_multiplier, strides, padding, bn, train, name):
 
 
 def bn_settings(module) -> dict:
-  """The batch-norm, depthwise and dtype attributes a module passes on."""
+  """The batch-norm, implementation and dtype attributes a module passes on."""
   return dict(bn_momentum=module.bn_momentum, bn_epsilon=module.bn_epsilon,
-              bn_axis_name=module.bn_axis_name,
-              depthwise_impl=module.depthwise_impl, dtype=module.dtype)
+              bn_axis_name=module.bn_axis_name, depthwise_impl=module.depthwise_impl,
+              pointwise_impl=module.pointwise_impl, dtype=module.dtype)

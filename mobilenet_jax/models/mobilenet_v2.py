@@ -98,6 +98,7 @@ class MobileNetV2(nn.Module):
   bn_epsilon: float = 1e-3
   bn_axis_name: Optional[str] = None  # set by the trainer for synchronised BN
   depthwise_impl: str = "auto"  # "auto" | "lax" | "shift" (models/depthwise.py)
+  pointwise_impl: str = "dot"   # "dot" | "conv" (layers.Pointwise)
   dtype: Any = jnp.float32
 
   def __post_init__(self):
