@@ -74,37 +74,30 @@ def save_weights(workdir: str, variables: dict, meta: dict):
   save(manager, 0, variables, dict(meta, kind=WEIGHTS))
 
 
-def latest_manager(workdir: str, step: Optional[int]) -> Tuple[ocp.CheckpointManager, int]:
+def restore_with_meta(workdir: str, step: Optional[int] = None) -> Tuple[dict, dict, int]:
+  """(state as a dict of arrays on this host's first device, meta, step) of a
+  run's checkpoint, whatever mesh or process count saved it: for export,
+  conversion and inspection. The latest step unless `step` is given."""
   directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
   manager = ocp.CheckpointManager(directory)
   step = manager.latest_step() if step is None else step
   if step is None:
     raise ConfigError(f"no checkpoint in {directory}; train first (or convert), "
                       "or check the directory.")
-  return manager, step
-
-
-def read_meta(workdir: str, step: Optional[int] = None) -> dict:
-  """The metadata saved beside a checkpoint (identity, config, history)."""
-  manager, step = latest_manager(workdir, step)
-  return manager.restore(step, args=ocp.args.Composite(
-      meta=ocp.args.JsonRestore()))["meta"]
-
-
-def restore_on_host(workdir: str, step: Optional[int] = None) -> Tuple[dict, int]:
-  """(state as a dict of arrays on this host's first device, step) of a run's
-  checkpoint, whatever mesh or process count saved it: for export,
-  conversion and inspection. The latest step unless `step` is given."""
-  manager, step = latest_manager(workdir, step)
-  directory = str(manager.directory)
   tree = ocp.StandardCheckpointHandler().metadata(
       epath.Path(directory) / str(step) / "state")
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), tree)
   restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(target)))
-  return restored["state"], step
+      state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+  return restored["state"], restored["meta"], step
+
+
+def restore_on_host(workdir: str, step: Optional[int] = None) -> Tuple[dict, int]:
+  """(state, step): restore_with_meta without the meta."""
+  state, _, step = restore_with_meta(workdir, step)
+  return state, step
 
 
 def merge_weights(fresh: dict, saved: dict, source: str, keep_fresh: str = "classifier"):

@@ -11,10 +11,11 @@ from absl import flags
 from ml_collections import config_flags
 
 from mobilenet_jax import cli
+from mobilenet_jax.interop import tf_export
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Workdir of a run or of convert.")
-flags.DEFINE_enum("format", "tflite", ["tflite", "saved_model"], "What to write.")
+flags.DEFINE_enum("format", "tflite", list(tf_export.FORMATS), "What to write.")
 flags.DEFINE_enum("quantize", "none", ["none", "int8"], "int8: post-training "
                   "quantisation (tflite only).")
 flags.DEFINE_string("out", None, "Output file (tflite) or directory (saved_model); "
@@ -31,7 +32,6 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments: {argv[1:]}")
-  from mobilenet_jax.interop import tf_export
   report = tf_export.export(FLAGS.workdir, FLAGS.format, FLAGS.quantize, FLAGS.out,
                             FLAGS.config, FLAGS.calibration_examples,
                             FLAGS.check_examples, FLAGS.compare_keras)

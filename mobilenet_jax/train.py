@@ -151,7 +151,12 @@ def model_identity(config) -> dict:
   as JSON stores it (tuples become lists)."""
   flat = flax.traverse_util.flatten_dict(
       {"model": config.model.to_dict(), "image_size": config.image_size}, sep=".")
-  return json.loads(json.dumps(flat))
+  return as_json(flat)
+
+
+def as_json(tree):
+  """`tree` as JSON gives it back (tuples become lists): what meta stores."""
+  return json.loads(json.dumps(tree))
 
 
 def first_bad_step(losses: List[jax.Array], first_step: int) -> Optional[int]:
@@ -223,7 +228,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state = parallel.replicate(state, mesh)
   restored, meta = checkpoint.restore(manager, state, model_identity(config))
   meta = meta or {"identity": model_identity(config), "history": [], "train_time_s": 0.0,
-                  "config": json.loads(json.dumps(config.to_dict()))}
+                  "config": as_json(config.to_dict())}
   if restored is not None:
     state = restored
     logging.info("Resumed from step %d in %s.", int(state.step), workdir)

@@ -61,6 +61,14 @@ def randomize_bn_statistics(km, rng):
                          rng.normal(0, 0.1, m.shape), rng.uniform(0.5, 1.5, v.shape)])
 
 
+def keras_with_random_statistics(name, alpha, size, classes, seed):
+  """A Keras model with logits out and random BN statistics, and two inputs."""
+  rng = np.random.default_rng(seed)
+  km = keras_model(name, alpha, size, classes=classes, classifier_activation=None)
+  randomize_bn_statistics(km, rng)
+  return km, rng.uniform(-1, 1, (2, size, size, 3)).astype(np.float32)
+
+
 @pytest.mark.parametrize("name,alpha,size", [
     ("mobilenet_v2", 0.35, 35),  # odd: stride-2 blocks pad 1 on both sides
     ("mobilenet_v2", 0.5, 64),   # even: pad 0 before, 1 after
@@ -69,12 +77,9 @@ def randomize_bn_statistics(km, rng):
 ])
 def test_logits_equal_keras_with_copied_weights(name, alpha, size):
   """Same weights, same logits: stride-2 padding and layer order match Keras."""
-  rng = np.random.default_rng(0)
-  km = keras_model(name, alpha, size, classes=10, classifier_activation=None)
-  randomize_bn_statistics(km, rng)
+  km, x = keras_with_random_statistics(name, alpha, size, 10, seed=0)
   model = get_model(dict(name=name, alpha=alpha, num_classes=10))
   variables = load_keras_weights(km, flax_variables(model, size))
-  x = rng.uniform(-1, 1, (2, size, size, 3)).astype(np.float32)
   ours = model.apply(variables, x)
   np.testing.assert_allclose(ours, km(x, training=False), atol=1e-4, rtol=1e-4)
 
@@ -97,12 +102,9 @@ def test_residual_adds_where_keras_puts_them():
 ])
 def test_from_keras_gives_the_same_logits(name, alpha, size):
   from mobilenet_jax.interop.keras import from_keras
-  rng = np.random.default_rng(1)
-  km = keras_model(name, alpha, size, classes=7, classifier_activation=None)
-  randomize_bn_statistics(km, rng)
+  km, x = keras_with_random_statistics(name, alpha, size, 7, seed=1)
   model, variables = from_keras(km)
   assert (model.alpha, model.num_classes) == (alpha, 7)
-  x = rng.uniform(-1, 1, (2, size, size, 3)).astype(np.float32)
   diff = np.abs(np.asarray(model.apply(variables, x)) - km(x, training=False))
   assert diff.max() < 1e-4
 

@@ -251,10 +251,9 @@ def convert_to_checkpoint(path: str, config, out: str) -> float:
   """Writes the Keras file's weights for `config`'s model as a checkpoint in
   `out` (for --config.init_from and export); returns the largest output
   difference between the Keras model and the converted one."""
-  import json
   from mobilenet_jax import checkpoint
   from mobilenet_jax.models import get_model
-  from mobilenet_jax.train import model_identity
+  from mobilenet_jax.train import as_json, model_identity
   m = config.model
   keras_model = load_keras_file(path, m.name, m.alpha, config.image_size,
                                 m.num_classes, m.include_top)
@@ -263,7 +262,7 @@ def convert_to_checkpoint(path: str, config, out: str) -> float:
   diff = max_abs_difference(keras_model, model, variables, config.image_size)
   checkpoint.save_weights(out, variables, {
       "identity": model_identity(config),
-      "config": json.loads(json.dumps(config.to_dict())),
+      "config": as_json(config.to_dict()),
       "source": os.path.abspath(path),
       "keras_max_abs_difference": diff,
   })

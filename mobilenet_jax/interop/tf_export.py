@@ -23,7 +23,6 @@ import contextlib
 import io
 import json
 import os
-import time
 import warnings
 from typing import Callable, Optional
 
@@ -31,7 +30,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from mobilenet_jax import checkpoint
+from mobilenet_jax import checkpoint, peers
 from mobilenet_jax.errors import ConfigError
 
 FORMATS = ("tflite", "saved_model")
@@ -41,8 +40,7 @@ FORMATS = ("tflite", "saved_model")
 
 def load_run(workdir: str, step: Optional[int] = None):
   """(model config, image size, run config or None, variables) of a checkpoint."""
-  state, step = checkpoint.restore_on_host(workdir, step)
-  meta = checkpoint.read_meta(workdir, step)
+  state, meta, _ = checkpoint.restore_with_meta(workdir, step)
   identity = meta["identity"]
   model_config = {k[len("model."):]: v for k, v in identity.items()
                   if k.startswith("model.")}
@@ -139,13 +137,8 @@ def tflite_latency_ms(model_bytes: bytes, image_size: int, runs: int = 30) -> fl
   runner = interpreter(model_bytes, threads=1)
   inp = runner.get_input_details()[0]
   runner.set_tensor(inp["index"], np.zeros((1, image_size, image_size, 3), np.float32))
-  runner.invoke()  # the first call allocates
-  times = []
-  for _ in range(runs):
-    start = time.perf_counter()
-    runner.invoke()
-    times.append(time.perf_counter() - start)
-  return 1000 * float(np.median(times))
+  # One untimed call: the first one allocates.
+  return 1000 * float(np.median(peers.time_steps(runner.invoke, 1, runs)))
 
 
 def agreement(reference: np.ndarray, logits: np.ndarray, labels=None) -> dict:
@@ -162,9 +155,9 @@ def agreement(reference: np.ndarray, logits: np.ndarray, labels=None) -> dict:
 # ------------------------------------------------------------------ job ---
 
 def data(config, image_size: int, calibration: int, check: int):
-  """(calibration images, check images, check labels) from the config's
-  dataset at the model's input size; random images and no labels for
-  synthetic data (there is nothing to calibrate int8 on then)."""
+  """(calibration images or None if `calibration` is 0, check images, check
+  labels) from the config's dataset at the model's input size; random images
+  and no labels for synthetic data (there is nothing to calibrate int8 on then)."""
   if config is None or config.dataset == "synthetic":
     images = np.random.RandomState(0).uniform(-1, 1, (8, image_size, image_size, 3))
     return None, images.astype(np.float32), None
@@ -172,7 +165,8 @@ def data(config, image_size: int, calibration: int, check: int):
   config = ml_collections.ConfigDict(config.to_dict())
   config.image_size = image_size
   builder = input_pipeline.get_builder(config)
-  calib, _ = input_pipeline.first_examples(config, builder, config.train_split, calibration)
+  calib = (input_pipeline.first_examples(config, builder, config.train_split, calibration)[0]
+           if calibration else None)
   images, labels = input_pipeline.first_examples(config, builder, config.eval_split, check)
   return calib, images, labels
 
@@ -196,7 +190,9 @@ def export(workdir: str, fmt: str, quantize: str = "none", out: Optional[str] = 
     raise ConfigError(f"{out} exists; remove it or pass another --out (nothing was changed).")
   model_config, image_size, run_config, variables = load_run(workdir)
   config = config or run_config
-  calib, images, labels = data(config, image_size, calibration_examples, check_examples)
+  calib, images, labels = data(config, image_size,
+                               calibration_examples if quantize == "int8" else 0,
+                               check_examples)
   if quantize == "int8" and calib is None:
     raise ConfigError("int8 needs calibration images and this run has no dataset; "
                       "pass --config with one (e.g. configs/default.py).")
@@ -214,13 +210,12 @@ def export(workdir: str, fmt: str, quantize: str = "none", out: Optional[str] = 
     logits = next(iter(served(images=images).values())).numpy()
     report["size_mb"] = directory_mb(out + ".tmp")
   else:
-    calibration = calib if quantize == "int8" else None
-    model_bytes = to_tflite(fn, image_size, calibration)
+    model_bytes = to_tflite(fn, image_size, calib)
     write(out + ".tmp", model_bytes)
     logits = tflite_logits(model_bytes, images)
     report["size_mb"] = len(model_bytes) / 2**20
     report["latency_ms_1_thread"] = tflite_latency_ms(model_bytes, image_size)
-    keras_bytes = keras_tflite(model_config, image_size, calibration) if compare_keras else None
+    keras_bytes = keras_tflite(model_config, image_size, calib) if compare_keras else None
     if keras_bytes is not None:
       report["keras"] = {"size_mb": len(keras_bytes) / 2**20,
                          "latency_ms_1_thread": tflite_latency_ms(keras_bytes, image_size)}
