@@ -25,6 +25,7 @@ import types
 from absl import app, flags
 
 from mobilenet_jax import peers
+from mobilenet_jax.models import depthwise
 
 flags.DEFINE_enum("model", "mobilenet_v2", ["mobilenet_v1", "mobilenet_v2"], "Model.")
 flags.DEFINE_float("alpha", 1.0, "Width multiplier.")
@@ -38,7 +39,7 @@ flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 flags.DEFINE_enum("data", "synthetic", ["synthetic", "pipeline"], "Synthetic "
                   "batches, or the real input pipeline (needs TensorFlow).")
 flags.DEFINE_string("dataset", "sklearn_digits", "TFDS dataset for --data=pipeline.")
-flags.DEFINE_enum("depthwise_impl", "auto", ["auto", "lax", "shift"],
+flags.DEFINE_enum("depthwise_impl", "auto", depthwise.IMPLS,
                   "Depthwise convolution implementation.")
 flags.DEFINE_list("peers", [], "Also measure: keras, torch.")
 flags.DEFINE_bool("json", False, "Print one JSON object.")

@@ -1,20 +1,28 @@
-"""The shifted-multiply-add depthwise conv against XLA's grouped convolution."""
+"""The fast depthwise convolutions (native kernel, shifted multiply-adds) against
+XLA's grouped convolution."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
-from mobilenet_jax.models import get_model
-from mobilenet_jax.models.depthwise import depthwise_lax, depthwise_shift
+from mobilenet_jax import parallel
+from mobilenet_jax.models import depthwise, get_model, native
+from mobilenet_jax.models.depthwise import depthwise_lax, depthwise_native, depthwise_shift
+
+FAST = {"shift": depthwise_shift, "native": depthwise_native}
 
 
 @pytest.mark.parametrize("size", [7, 8])  # odd and even: SAME pads differ
 @pytest.mark.parametrize("strides", [1, 2])
 @pytest.mark.parametrize("k", [3, 5])
 @pytest.mark.parametrize("multiplier", [1, 2])
-@pytest.mark.parametrize("padding", ["SAME", ((0, 1), (0, 1))])
-def test_shift_equals_lax_forward_and_gradients(size, strides, k, multiplier, padding):
+@pytest.mark.parametrize("padding", ["SAME", ((0, 1), (2, 0))])
+@pytest.mark.parametrize("impl", sorted(FAST))
+def test_fast_equals_lax_forward_and_gradients(size, strides, k, multiplier, padding, impl):
   x = jax.random.normal(jax.random.key(0), (2, size, size + 1, 3))
   kernel = jax.random.normal(jax.random.key(1), (k, k, 1, 3 * multiplier))
 
@@ -22,11 +30,11 @@ def test_shift_equals_lax_forward_and_gradients(size, strides, k, multiplier, pa
     return lambda x, w: jnp.sum(jnp.sin(fn(x, w, strides, padding)))
 
   ref = depthwise_lax(x, kernel, strides, padding)
-  out = depthwise_shift(x, kernel, strides, padding)
+  out = FAST[impl](x, kernel, strides, padding)
   assert out.shape == ref.shape
   np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
   g_ref = jax.jit(jax.grad(loss(depthwise_lax), argnums=(0, 1)))(x, kernel)
-  g_out = jax.jit(jax.grad(loss(depthwise_shift), argnums=(0, 1)))(x, kernel)
+  g_out = jax.jit(jax.grad(loss(FAST[impl]), argnums=(0, 1)))(x, kernel)
   for a, b in zip(g_out, g_ref):
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
@@ -34,13 +42,79 @@ def test_shift_equals_lax_forward_and_gradients(size, strides, k, multiplier, pa
 # A short V1 keeps this quick; it has stride-2 (Keras-padded) and depth-
 # multiplier layers, the cases where the implementations could part; V2's
 # "SAME" padding is covered layer by layer above.
-def test_whole_model_same_with_either_implementation():
+@pytest.mark.parametrize("impl", sorted(FAST))
+def test_whole_model_same_with_either_implementation(impl):
   model_config = dict(name="mobilenet_v1", depth_multiplier=2,
                       blocks=((64, 1), (128, 2), (128, 1)))
   x = jax.random.normal(jax.random.key(0), (2, 33, 33, 3))
-  shift = get_model(dict(model_config, alpha=0.35, num_classes=7, depthwise_impl="shift"))
+  fast = get_model(dict(model_config, alpha=0.35, num_classes=7, depthwise_impl=impl))
   slow = get_model(dict(model_config, alpha=0.35, num_classes=7, depthwise_impl="lax"))
   variables = slow.init(jax.random.key(1), x)
   # Same parameter tree and initial values: checkpoints work with either.
-  assert jax.tree.all(jax.tree.map(jnp.array_equal, shift.init(jax.random.key(1), x), variables))
-  np.testing.assert_allclose(shift.apply(variables, x), slow.apply(variables, x), atol=1e-4)
+  assert jax.tree.all(jax.tree.map(jnp.array_equal, fast.init(jax.random.key(1), x), variables))
+  np.testing.assert_allclose(fast.apply(variables, x), slow.apply(variables, x), atol=1e-4)
+
+
+def test_native_gradients_under_data_parallel_match_one_device():
+  """Inside shard_map (the train step's data parallelism) the kernel's gradient is
+  summed over devices, as for XLA's convolution; each device's input gradient is its
+  own shard's."""
+  x = jax.random.normal(jax.random.key(0), (8, 9, 9, 6))
+  kernel = jax.random.normal(jax.random.key(1), (3, 3, 1, 6))
+
+  def grads(fn, x, kernel):
+    return jax.grad(lambda x, w: jnp.sum(jnp.sin(fn(x, w, 2, "SAME"))), argnums=(0, 1))(x, kernel)
+
+  mesh = parallel.create_mesh()
+  assert mesh.size > 1  # conftest's fake devices
+  sharded = jax.jit(jax.shard_map(functools.partial(grads, depthwise_native), mesh=mesh,
+                                  in_specs=(P(parallel.DATA), P()),
+                                  out_specs=(P(parallel.DATA), P())))
+  dx, dkernel = sharded(parallel.shard_batch({"x": x}, mesh)["x"],
+                        parallel.replicate(kernel, mesh))
+  dx_ref, dkernel_ref = grads(depthwise_lax, x, kernel)
+  np.testing.assert_allclose(dx, dx_ref, atol=1e-5)
+  np.testing.assert_allclose(dkernel, dkernel_ref, atol=1e-4)
+
+
+def test_native_computes_in_float32_for_bfloat16():
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4), jnp.bfloat16)
+  kernel = jax.random.normal(jax.random.key(1), (3, 3, 1, 4), jnp.bfloat16)
+  out = depthwise_native(x, kernel, 1, "SAME")
+  assert out.dtype == jnp.bfloat16
+  ref = depthwise_lax(x.astype(jnp.float32), kernel.astype(jnp.float32), 1, "SAME")
+  np.testing.assert_allclose(out.astype(jnp.float32), ref, atol=0.1, rtol=0.02)
+
+
+def test_auto_picks_native_on_cpu():
+  assert jax.default_backend() == "cpu"
+  assert depthwise.resolve_impl("auto") == "native"
+  assert native.library_path(native.compiler(), native.ARCH_FLAGS[0]).exists()
+
+
+@pytest.fixture
+def no_compiler(monkeypatch, tmp_path):
+  """A machine where the kernel cannot be built: an empty cache and a CXX that fails."""
+  monkeypatch.setenv("MOBILENET_JAX_CACHE", str(tmp_path / "cache"))
+  monkeypatch.setenv("CXX", "false")  # exits 1, like a compiler that rejects the source
+  native.load.cache_clear()
+  native.available.cache_clear()
+  yield
+  native.load.cache_clear()
+  native.available.cache_clear()
+
+
+def test_without_compiler_auto_falls_back_to_shift(no_compiler, caplog):
+  assert depthwise.resolve_impl("auto") == "shift"
+  assert "using the pure-JAX shifted form" in caplog.text
+  model = get_model(dict(name="mobilenet_v1", alpha=0.25, num_classes=3,
+                         blocks=((64, 1),), depthwise_impl="auto"))
+  x = jnp.ones((1, 32, 32, 3))
+  variables = model.init(jax.random.key(0), x)
+  assert model.apply(variables, x).shape == (1, 3)  # the model still runs,
+  assert "ffi_call" not in str(jax.make_jaxpr(model.apply)(variables, x))  # in pure JAX
+
+
+def test_without_compiler_native_is_a_clear_error(no_compiler):
+  with pytest.raises(native.NativeUnavailable, match="compiling depthwise_cpu.cc failed"):
+    depthwise.resolve_impl("native")

@@ -1,30 +1,39 @@
 """Depthwise convolution, with the implementation chosen per backend.
 
 XLA's CPU grouped convolution (`feature_group_count=C`) is an order of
-magnitude slower than the same 3x3 depthwise written as k*k shifted
-multiply-adds (DESIGN.md; `python -m mobilenet_jax.benchmark` measures it),
-while on GPU/TPU the grouped convolution is the fast one. Both give the same
-outputs and gradients (tests/depthwise_test.py).
+magnitude slower than TensorFlow's depthwise kernel. On CPU this project uses a
+native kernel (depthwise_cpu.cc, through jax.ffi with a custom VJP), or where no
+C++ compiler is found, the same convolution as k*k shifted multiply-adds in pure
+JAX; on GPU/TPU XLA's grouped convolution is the fast one
+(`python -m mobilenet_jax.benchmark --depthwise_impl=...` measures each). All
+give the same outputs and gradients (tests/depthwise_test.py).
 """
 
+import functools
 from typing import Any, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from mobilenet_jax.errors import check_choice
+from mobilenet_jax.models import native
 
-IMPLS = ("auto", "lax", "shift")
+IMPLS = ("auto", "lax", "shift", "native")
 Padding = Union[str, Sequence[Tuple[int, int]]]
 
 
 def resolve_impl(impl: str) -> str:
-  """"auto" -> "shift" on CPU, "lax" elsewhere."""
+  """"auto" -> "native" on CPU ("shift" if it cannot be built), "lax" elsewhere."""
   check_choice("depthwise_impl", impl, IMPLS)
   if impl == "auto":
-    return "shift" if jax.default_backend() == "cpu" else "lax"
+    if jax.default_backend() != "cpu":
+      return "lax"
+    return "native" if native.available() else "shift"
+  if impl == "native":
+    native.load()  # the compiler's error, now, rather than a missing custom call later
   return impl
 
 
@@ -37,6 +46,10 @@ def explicit_padding(size: int, k: int, stride: int, padding: Padding, axis: int
   if padding == "VALID":
     return 0, 0
   return tuple(padding[axis])
+
+
+def output_size(size: int, k: int, stride: int, pad: Tuple[int, int]) -> int:
+  return (size + sum(pad) - k) // stride + 1
 
 
 def depthwise_lax(x, kernel, strides: int, padding: Padding):
@@ -56,8 +69,7 @@ def depthwise_shift(x, kernel, strides: int, padding: Padding):
   ph = explicit_padding(h, kh, strides, padding, 0)
   pw = explicit_padding(w, kw, strides, padding, 1)
   x = jnp.pad(x, ((0, 0), ph, pw, (0, 0)))
-  oh = (h + sum(ph) - kh) // strides + 1
-  ow = (w + sum(pw) - kw) // strides + 1
+  oh, ow = output_size(h, kh, strides, ph), output_size(w, kw, strides, pw)
   out = None
   for i in range(kh):
     for j in range(kw):
@@ -65,6 +77,55 @@ def depthwise_shift(x, kernel, strides: int, padding: Padding):
               j:j + (ow - 1) * strides + 1:strides, :] * kernel[i, j, 0]
       out = tap if out is None else out + tap
   return out
+
+
+def depthwise_native(x, kernel, strides: int, padding: Padding):
+  """The native CPU kernel, in float32 whatever the compute dtype."""
+  native.load()  # builds once per machine, registers once per process
+  kh, kw = kernel.shape[:2]
+  ph = explicit_padding(x.shape[1], kh, strides, padding, 0)
+  pw = explicit_padding(x.shape[2], kw, strides, padding, 1)
+  out_hw = (output_size(x.shape[1], kh, strides, ph), output_size(x.shape[2], kw, strides, pw))
+  y = _native_conv(x.astype(jnp.float32), _vary_like(kernel.astype(jnp.float32), x),
+                   (strides, ph[0], pw[0]), out_hw)
+  return y.astype(x.dtype)
+
+
+def _vary_like(value, like):
+  """Inside shard_map, marks `value` as varying over the devices `like` varies over.
+  jnp ops do this implicitly; the FFI call needs it done: its operands must agree,
+  and its results are typed as replicated. The replicated kernel's gradient is then
+  summed over devices outside the custom VJP, as for any other parameter."""
+  axes = jax.typeof(like).manual_axis_type.varying - jax.typeof(value).manual_axis_type.varying
+  return lax.pcast(value, tuple(sorted(axes)), to="varying") if axes else value
+
+
+def _ffi(target: str, shape, a, b, geometry):
+  stride, pad_top, pad_left = (np.int64(v) for v in geometry)
+  result = jax.ShapeDtypeStruct(shape, jnp.float32)
+  out = jax.ffi.ffi_call(native.TARGETS[target], result, vmap_method="sequential")(
+      a, b, stride=stride, pad_top=pad_top, pad_left=pad_left)
+  return _vary_like(out, a)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _native_conv(x, kernel, geometry, out_hw):
+  return _ffi("DepthwiseForward", (x.shape[0], *out_hw, kernel.shape[-1]), x, kernel, geometry)
+
+
+def _native_conv_fwd(x, kernel, geometry, out_hw):
+  return _native_conv(x, kernel, geometry, out_hw), (x, kernel)
+
+
+def _native_conv_bwd(geometry, out_hw, residuals, dy):
+  x, kernel = residuals
+  dx = _ffi("DepthwiseInputGrad", x.shape, dy, kernel, geometry)
+  dkernel = _ffi("DepthwiseKernelGrad", kernel.shape, x, dy, geometry)
+  return dx, dkernel
+
+
+_native_conv.defvjp(_native_conv_fwd, _native_conv_bwd)
+IMPL_FNS = {"lax": depthwise_lax, "shift": depthwise_shift, "native": depthwise_native}
 
 
 class DepthwiseConv(nn.Module):
@@ -82,5 +143,4 @@ class DepthwiseConv(nn.Module):
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
                         (self.kernel_size, self.kernel_size, 1, self.features))
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    fn = depthwise_shift if resolve_impl(self.impl) == "shift" else depthwise_lax
-    return fn(x, kernel, self.strides, self.padding)
+    return IMPL_FNS[resolve_impl(self.impl)](x, kernel, self.strides, self.padding)
