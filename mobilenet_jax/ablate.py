@@ -16,6 +16,10 @@ and skipped; an interrupted one resumes from its checkpoints. So after a
 crash the same command finishes the sweep without redoing finished runs.
 """
 
+if __name__ == "__main__":  # before the imports below allocate anything
+  from mobilenet_jax import hugepages
+  hugepages.relaunch()
+
 import ast
 import copy
 import json

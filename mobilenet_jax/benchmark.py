@@ -14,6 +14,10 @@ architecture run afterwards in the same invocation, one at a time, and the
 ratios are printed. With --json, one JSON object is printed.
 """
 
+if __name__ == "__main__":  # before the imports below allocate anything
+  from mobilenet_jax import hugepages
+  hugepages.relaunch()
+
 import functools
 import json
 import resource
@@ -24,7 +28,7 @@ import types
 
 from absl import app, flags
 
-from mobilenet_jax import peers
+from mobilenet_jax import hugepages, peers
 from mobilenet_jax.models import depthwise
 
 flags.DEFINE_enum("model", "mobilenet_v2", ["mobilenet_v1", "mobilenet_v2"], "Model.")
@@ -42,7 +46,12 @@ flags.DEFINE_string("dataset", "sklearn_digits", "TFDS dataset for --data=pipeli
 flags.DEFINE_enum("depthwise_impl", "auto", depthwise.IMPLS,
                   "Depthwise convolution implementation.")
 flags.DEFINE_list("peers", [], "Also measure: keras, torch.")
+flags.DEFINE_enum("peer_hugepages", "off", ["off", "on", "both"],
+                  "Run the peers without (as they run out of the box) or with the "
+                  "huge-page malloc tunable this project's entry points set "
+                  "(mobilenet_jax/hugepages.py), or both ways.")
 flags.DEFINE_bool("json", False, "Print one JSON object.")
+PEER_THP = {"off": (False,), "on": (True,), "both": (False, True)}
 FLAGS = flags.FLAGS
 
 
@@ -103,6 +112,7 @@ def measure_jax() -> dict:
             "batch_size": FLAGS.batch_size, "dtype": FLAGS.dtype, "data": FLAGS.data,
             "backend": jax.default_backend(), "device_kind": device.device_kind,
             "num_devices": mesh.size, "jax": jax.__version__,
+            "hugepages": hugepages.active(),
             "madds": flops.count(config.model, size)["madds"]}
 
   if FLAGS.mode in ("train", "both"):
@@ -143,18 +153,21 @@ def measure_jax() -> dict:
   return result
 
 
-def measure_peer(name: str) -> dict:
-  """Runs one peer in its own process (its framework stays out of ours)."""
+def measure_peer(name: str, thp: bool) -> dict:
+  """Runs one peer in its own process (its framework stays out of ours), with or
+  without the huge-page malloc tunable this project's entry points set."""
   args = [sys.executable, "-m", f"mobilenet_jax.peers.{name}_peer",
           "--model", FLAGS.model, "--alpha", str(FLAGS.alpha),
           "--image_size", str(FLAGS.image_size), "--batch_size", str(FLAGS.batch_size),
           "--steps", str(FLAGS.steps), "--warmup", str(FLAGS.warmup), "--mode", FLAGS.mode]
   if name == "torch" and FLAGS.dtype == "bfloat16":
     args.append("--amp")
-  proc = subprocess.run(args, capture_output=True, text=True)
+  proc = subprocess.run(args, capture_output=True, text=True,
+                        env=hugepages.environment(on=thp))
+  label = name + ("+thp" if thp else "")
   if proc.returncode != 0:
-    return {"peer": name, "error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"peer": label, "error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+  return dict(json.loads(proc.stdout.strip().splitlines()[-1]), peer=label, hugepages=thp)
 
 
 def ratios(ours: dict, peer: dict) -> dict:
@@ -166,7 +179,7 @@ def print_table(result: dict):
   print(f"{result['model']} alpha {result['alpha']} @ {result['image_size']}, batch "
         f"{result['batch_size']}, {result['dtype']}, {result['data']} data, "
         f"{result['backend']} ({result['device_kind']}) x {result['num_devices']}, "
-        f"jax {result['jax']}")
+        f"jax {result['jax']}, huge pages {'on' if result['hugepages'] else 'off'}")
   rows = [("mobilenet_jax", result)] + [(p["peer"], p) for p in result.get("peers", [])]
   print(f"{'system':<16}{'mode':<7}{'img/s':>9}{'median ms':>11}{'min ms':>9}"
         f"{'max ms':>9}{'compile s':>11}{'ours/this':>11}")
@@ -191,8 +204,8 @@ def main(argv):
   result = measure_jax()
   if FLAGS.peers:
     result["peers"] = []
-    for name in FLAGS.peers:
-      peer = measure_peer(name)
+    for name, thp in [(n, thp) for n in FLAGS.peers for thp in PEER_THP[FLAGS.peer_hugepages]]:
+      peer = measure_peer(name, thp)
       if "error" not in peer:
         peer["ratio_ours_to_peer"] = ratios(result, peer)
       result["peers"].append(peer)

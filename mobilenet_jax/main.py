@@ -5,6 +5,10 @@
       --workdir gs://bucket/run --config.data_dir=/data/tfds
 """
 
+if __name__ == "__main__":  # before the imports below allocate anything
+  from mobilenet_jax import hugepages
+  hugepages.relaunch()
+
 import os
 import sys
 
