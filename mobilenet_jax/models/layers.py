@@ -5,30 +5,19 @@ Each block names its sub-layers the way the papers draw them (`depthwise`,
 per-layer summary rely on.
 """
 
-from typing import Any, Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from mobilenet_jax.errors import check_choice
+from mobilenet_jax.models.batchnorm import ACTIVATIONS, BatchNormAct
 from mobilenet_jax.models.depthwise import DepthwiseConv
 
 Padding = Union[str, Sequence[Tuple[int, int]]]
 
 POINTWISE_IMPLS = ("dot", "conv")
-
-ACTIVATIONS = {
-    "relu6": jax.nn.relu6,
-    "relu": jax.nn.relu,
-    "linear": None,
-}
-
-
-def activation_fn(name: str) -> Optional[Callable[[jax.Array], jax.Array]]:
-  """Maps an activation name to its function (None for "linear")."""
-  check_choice("activation", name, tuple(ACTIVATIONS))
-  return ACTIVATIONS[name]
 
 
 class Pointwise(nn.Module):
@@ -90,11 +79,10 @@ class ConvBN(nn.Module):
                   strides=self.strides, padding=self.padding,
                   feature_group_count=self.groups, use_bias=False,
                   dtype=self.dtype, name="conv")(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                     epsilon=self.bn_epsilon, axis_name=self.bn_axis_name,
-                     dtype=self.dtype, name="bn")(x)
-    act = activation_fn(self.activation)
-    return x if act is None else act(x)
+    check_choice("activation", self.activation, ACTIVATIONS)
+    return BatchNormAct(use_running_average=not train, momentum=self.bn_momentum,
+                        epsilon=self.bn_epsilon, axis_name=self.bn_axis_name,
+                        activation=self.activation, dtype=self.dtype, name="bn")(x)
 
 
 class SeparableBlock(nn.Module):

@@ -1,0 +1,129 @@
+"""Batch norm fused with the activation that follows it, with a hand-written VJP.
+
+The same computation, variables and running averages as `flax.linen.BatchNorm`
+(statistics over all but the channel axis, biased variance E[x^2] - E[x]^2 in
+float32, `ra = momentum * ra + (1 - momentum) * batch`), then ReLU6, ReLU or
+nothing. Autodiff of that graph makes XLA keep and re-read more intermediates
+than the gradient needs; written by hand, the backward pass is one reduction over
+(dy, x) and one elementwise pass: at 32x112x112x96 forward and backward take
+60 ms instead of 98 ms, and in the whole MobileNetV2 train step batch norm cost
+0.68 s of 2.4 s (docs/performance.md). tests/batchnorm_test.py checks outputs,
+gradients and running averages against flax, with and without a device axis.
+"""
+
+import functools
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+ACTIVATIONS = ("relu6", "relu", "linear")
+
+
+def activate(y, activation: str):
+  if activation == "relu6":
+    return jnp.clip(y, 0.0, 6.0)
+  if activation == "relu":
+    return jnp.maximum(y, 0.0)
+  return y
+
+
+def passes_gradient(out, activation: str):
+  """Where the activation's derivative is 1 (0 elsewhere), from its output: the
+  derivative jax.nn.relu6 and jax.nn.relu use (0 at the kinks)."""
+  if activation == "relu6":
+    return (out > 0.0) & (out < 6.0)
+  if activation == "relu":
+    return out > 0.0
+  return None
+
+
+def _sum(x, axis_name=None):
+  """Sum over all but the channel axis, and over devices with sync BN."""
+  s = jnp.sum(x, axis=tuple(range(x.ndim - 1)))
+  return s if axis_name is None else lax.psum(s, axis_name)
+
+
+def _count(x, axis_name):
+  n = x.size // x.shape[-1]
+  return n if axis_name is None else lax.psum(n, axis_name)
+
+
+def _vary_like(value, like):
+  """Inside shard_map, marks replicated `value` (scale, bias) as varying like the
+  activations, so the custom VJP's cotangents have their inputs' types; the
+  gradient is summed over devices by the cast's transpose, as for any parameter."""
+  axes = jax.typeof(like).manual_axis_type.varying - jax.typeof(value).manual_axis_type.varying
+  return lax.pcast(value, tuple(sorted(axes)), to="varying") if axes else value
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _normalize(x, scale, bias, epsilon, activation, axis_name):
+  return _normalize_fwd(x, scale, bias, epsilon, activation, axis_name)[0]
+
+
+def _normalize_fwd(x, scale, bias, epsilon, activation, axis_name):
+  n = _count(x, axis_name)
+  mean = _sum(x, axis_name) / n
+  var = jnp.maximum(_sum(x * x, axis_name) / n - mean * mean, 0.0)
+  inv = lax.rsqrt(var + epsilon)
+  a = scale * inv
+  out = activate(x * a + (bias - mean * a), activation)
+  return (out, mean, var), (x, out, mean, inv, scale)
+
+
+def _normalize_bwd(epsilon, activation, axis_name, residuals, cotangents):
+  del epsilon
+  x, out, mean, inv, scale = residuals
+  dy = cotangents[0]  # the statistics' own cotangents are zero: only running averages use them
+  mask = passes_gradient(out, activation)
+  if mask is not None:
+    dy = jnp.where(mask, dy, 0.0)
+  # This device's sums give the parameters' gradients (summed over devices by the
+  # cast's transpose); the input's gradient needs them over all devices.
+  g1, g2 = _sum(dy), _sum(dy * x)
+  dscale = inv * (g2 - mean * g1)  # sum(dy * xhat)
+  if axis_name is not None:
+    g1_all, g2_all = lax.psum(g1, axis_name), lax.psum(g2, axis_name)
+    dscale_all = inv * (g2_all - mean * g1_all)
+  else:
+    g1_all, dscale_all = g1, dscale
+  n, a = _count(x, axis_name), scale * inv
+  c2 = -a * inv * dscale_all / n
+  c1 = -a * g1_all / n - c2 * mean
+  dx = a * dy + c1 + c2 * x  # a * (dy - mean(dy) - xhat * mean(dy * xhat))
+  return dx, dscale, g1
+
+
+_normalize.defvjp(_normalize_fwd, _normalize_bwd)
+
+
+class BatchNormAct(nn.Module):
+  """act(BatchNorm(x)); variables named as flax.linen.BatchNorm's."""
+  use_running_average: bool = False
+  momentum: float = 0.9
+  epsilon: float = 1e-3
+  axis_name: Optional[str] = None
+  activation: str = "linear"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    features = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (features,))
+    bias = self.param("bias", nn.initializers.zeros, (features,))
+    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+    ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+    x32 = x.astype(jnp.float32)
+    if self.use_running_average:
+      a = scale * lax.rsqrt(ra_var.value + self.epsilon)
+      out = activate(x32 * a + (bias - ra_mean.value * a), self.activation)
+      return out.astype(self.dtype)
+    out, mean, var = _normalize(x32, _vary_like(scale, x32), _vary_like(bias, x32),
+                                self.epsilon, self.activation, self.axis_name)
+    if not self.is_initializing():
+      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    return out.astype(self.dtype)

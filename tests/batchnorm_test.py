@@ -1,0 +1,117 @@
+"""The fused batch norm + activation against flax.linen.BatchNorm and the activation."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from mobilenet_jax import parallel
+from mobilenet_jax.models.batchnorm import BatchNormAct
+
+REFERENCE_ACTIVATIONS = {"relu6": jax.nn.relu6, "relu": jax.nn.relu, "linear": lambda y: y}
+
+
+def reference(activation, **kw):
+  bn = nn.BatchNorm(**kw)
+  return bn, REFERENCE_ACTIVATIONS[activation]
+
+
+def data():
+  # An offset mean and a spread that crosses both ReLU6 kinks.
+  x = 3.0 + 4.0 * jax.random.normal(jax.random.key(0), (8, 5, 5, 6))
+  k1, k2 = jax.random.split(jax.random.key(1))
+  params = {"scale": 1.0 + 0.3 * jax.random.normal(k1, (6,)),
+            "bias": 0.5 * jax.random.normal(k2, (6,))}
+  stats = {"mean": jnp.full((6,), 0.2), "var": jnp.full((6,), 1.5)}
+  cotangent = jax.random.normal(jax.random.key(2), x.shape)
+  return x, params, stats, cotangent
+
+
+def train_apply(module, act, params, stats, x):
+  out, updates = module.apply({"params": params, "batch_stats": stats}, x,
+                              mutable=["batch_stats"])
+  return act(out), updates["batch_stats"]
+
+
+def loss_and_stats(module, act, cotangent, x, params, stats):
+  out, new_stats = train_apply(module, act, params, stats, x)
+  return jnp.sum(out * cotangent), new_stats
+
+
+@pytest.mark.parametrize("activation", ["relu6", "relu", "linear"])
+def test_matches_flax_batchnorm_then_activation(activation):
+  x, params, stats, cotangent = data()
+  kw = dict(momentum=0.9, epsilon=1e-3)
+  fused = BatchNormAct(activation=activation, **kw)
+  ref, act = reference(activation, use_running_average=False, **kw)
+
+  results = []
+  for module, a in ((fused, lambda y: y), (ref, act)):
+    grad_fn = jax.jit(jax.grad(functools.partial(loss_and_stats, module, a, cotangent),
+                               argnums=(0, 1), has_aux=True))
+    results.append((train_apply(module, a, params, stats, x), grad_fn(x, params, stats)))
+  (out, new_stats), ((dx, dparams), _) = results[0]
+  (out_ref, new_stats_ref), ((dx_ref, dparams_ref), _) = results[1]
+  np.testing.assert_allclose(out, out_ref, atol=2e-5)
+  for key in ("mean", "var"):  # the running averages move the same way
+    np.testing.assert_allclose(new_stats[key], new_stats_ref[key], rtol=1e-5)
+  np.testing.assert_allclose(dx, dx_ref, atol=1e-4)
+  for key in ("scale", "bias"):
+    np.testing.assert_allclose(dparams[key], dparams_ref[key], rtol=1e-4, atol=1e-3)
+  assert float(jnp.abs(dparams["scale"]).max()) > 1.0  # not trivially zero
+
+  # Evaluation: the running averages, no update.
+  evaluated = fused.clone(use_running_average=True).apply(
+      {"params": params, "batch_stats": stats}, x)
+  ref_eval = ref.clone(use_running_average=True).apply(
+      {"params": params, "batch_stats": stats}, x)
+  np.testing.assert_allclose(evaluated, act(ref_eval), atol=2e-5)
+
+
+@pytest.mark.parametrize("sync", [False, True])
+def test_matches_flax_across_devices(sync):
+  """In the train step's shard_map: per-device statistics, or with sync BN the
+  statistics of the whole batch; parameter gradients summed over devices."""
+  x, params, stats, cotangent = data()
+  mesh = parallel.create_mesh()
+  assert mesh.size > 1 and x.shape[0] % mesh.size == 0
+  axis = parallel.DATA if sync else None
+  kw = dict(momentum=0.9, epsilon=1e-3, axis_name=axis)
+  fused = BatchNormAct(activation="relu6", **kw)
+  ref, act = reference("relu6", use_running_average=False, **kw)
+
+  def step(module, a, params, stats, x, cotangent):
+    (dx, dparams), new_stats = jax.grad(
+        functools.partial(loss_and_stats, module, a, cotangent), argnums=(0, 1),
+        has_aux=True)(x, params, stats)
+    if not sync:  # per-device statistics differ; compare their average
+      new_stats = jax.lax.pmean(new_stats, parallel.DATA)
+    return dx, dparams, new_stats
+
+  def run(module, a):
+    fn = jax.jit(jax.shard_map(functools.partial(step, module, a), mesh=mesh,
+                               in_specs=(P(), P(), P(parallel.DATA), P(parallel.DATA)),
+                               out_specs=(P(parallel.DATA), P(), P())))
+    batch = parallel.shard_batch({"x": x, "c": cotangent}, mesh)
+    return fn(parallel.replicate(params, mesh), parallel.replicate(stats, mesh),
+              batch["x"], batch["c"])
+
+  got, want = run(fused, lambda y: y), run(ref, act)
+  np.testing.assert_allclose(got[0], want[0], atol=1e-4)
+  for a, b in zip(jax.tree.leaves(got[1:]), jax.tree.leaves(want[1:])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+
+
+def test_bfloat16_computes_statistics_in_float32():
+  x, params, stats, _ = data()
+  out, _ = BatchNormAct(activation="relu6", dtype=jnp.bfloat16).apply(
+      {"params": params, "batch_stats": stats}, x.astype(jnp.bfloat16),
+      mutable=["batch_stats"])
+  assert out.dtype == jnp.bfloat16
+  ref, _ = nn.BatchNorm(use_running_average=False, epsilon=1e-3).apply(
+      {"params": params, "batch_stats": stats}, x, mutable=["batch_stats"])
+  np.testing.assert_allclose(out.astype(jnp.float32), jax.nn.relu6(ref), atol=0.05)
