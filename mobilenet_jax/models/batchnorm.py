@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from mobilenet_jax.models.common import vary_like
+
 ACTIVATIONS = ("relu6", "relu", "linear")
 
 
@@ -49,14 +51,6 @@ def _sum(x, axis_name=None):
 def _count(x, axis_name):
   n = x.size // x.shape[-1]
   return n if axis_name is None else lax.psum(n, axis_name)
-
-
-def _vary_like(value, like):
-  """Inside shard_map, marks replicated `value` (scale, bias) as varying like the
-  activations, so the custom VJP's cotangents have their inputs' types; the
-  gradient is summed over devices by the cast's transpose, as for any parameter."""
-  axes = jax.typeof(like).manual_axis_type.varying - jax.typeof(value).manual_axis_type.varying
-  return lax.pcast(value, tuple(sorted(axes)), to="varying") if axes else value
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
@@ -121,7 +115,7 @@ class BatchNormAct(nn.Module):
       a = scale * lax.rsqrt(ra_var.value + self.epsilon)
       out = activate(x32 * a + (bias - ra_mean.value * a), self.activation)
       return out.astype(self.dtype)
-    out, mean, var = _normalize(x32, _vary_like(scale, x32), _vary_like(bias, x32),
+    out, mean, var = _normalize(x32, vary_like(scale, x32), vary_like(bias, x32),
                                 self.epsilon, self.activation, self.axis_name)
     if not self.is_initializing():
       ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean

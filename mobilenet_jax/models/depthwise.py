@@ -20,6 +20,7 @@ from jax import lax
 
 from mobilenet_jax.errors import check_choice
 from mobilenet_jax.models import native
+from mobilenet_jax.models.common import vary_like
 
 IMPLS = ("auto", "lax", "shift", "native")
 Padding = Union[str, Sequence[Tuple[int, int]]]
@@ -86,18 +87,9 @@ def depthwise_native(x, kernel, strides: int, padding: Padding):
   ph = explicit_padding(x.shape[1], kh, strides, padding, 0)
   pw = explicit_padding(x.shape[2], kw, strides, padding, 1)
   out_hw = (output_size(x.shape[1], kh, strides, ph), output_size(x.shape[2], kw, strides, pw))
-  y = _native_conv(x.astype(jnp.float32), _vary_like(kernel.astype(jnp.float32), x),
+  y = _native_conv(x.astype(jnp.float32), vary_like(kernel.astype(jnp.float32), x),
                    (strides, ph[0], pw[0]), out_hw)
   return y.astype(x.dtype)
-
-
-def _vary_like(value, like):
-  """Inside shard_map, marks `value` as varying over the devices `like` varies over.
-  jnp ops do this implicitly; the FFI call needs it done: its operands must agree,
-  and its results are typed as replicated. The replicated kernel's gradient is then
-  summed over devices outside the custom VJP, as for any other parameter."""
-  axes = jax.typeof(like).manual_axis_type.varying - jax.typeof(value).manual_axis_type.varying
-  return lax.pcast(value, tuple(sorted(axes)), to="varying") if axes else value
 
 
 def _ffi(target: str, shape, a, b, geometry):
@@ -105,7 +97,7 @@ def _ffi(target: str, shape, a, b, geometry):
   result = jax.ShapeDtypeStruct(shape, jnp.float32)
   out = jax.ffi.ffi_call(native.TARGETS[target], result, vmap_method="sequential")(
       a, b, stride=stride, pad_top=pad_top, pad_left=pad_left)
-  return _vary_like(out, a)
+  return vary_like(out, a)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
