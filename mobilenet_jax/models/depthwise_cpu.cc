@@ -100,7 +100,108 @@ inline int64_t InputIndex(int64_t out, int64_t tap, int64_t stride, int64_t pad,
   return (in < 0 || in >= size) ? -1 : in;
 }
 
+// Eight floats in one vector register (AVX; two SSE/NEON registers elsewhere).
+typedef float V8 __attribute__((vector_size(32)));
+inline V8 Load8(const float* p) {
+  V8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void Store8(float* p, V8 v) { std::memcpy(p, &v, sizeof v); }
+
+// out[c] = sum over taps t of a[t][c] * b[t][c], for c < n, each output written
+// once. Four independent accumulators per step hide the multiply-add latency.
+void DotTaps(float* __restrict out, const float* const* a, const float* const* b, int64_t taps,
+             int64_t n) {
+  int64_t c = 0;
+  for (; c + 32 <= n; c += 32) {
+    V8 s0 = {}, s1 = {}, s2 = {}, s3 = {};
+    for (int64_t t = 0; t < taps; ++t) {
+      const float *pa = a[t] + c, *pb = b[t] + c;
+      s0 += Load8(pa) * Load8(pb);
+      s1 += Load8(pa + 8) * Load8(pb + 8);
+      s2 += Load8(pa + 16) * Load8(pb + 16);
+      s3 += Load8(pa + 24) * Load8(pb + 24);
+    }
+    Store8(out + c, s0);
+    Store8(out + c + 8, s1);
+    Store8(out + c + 16, s2);
+    Store8(out + c + 24, s3);
+  }
+  for (; c + 8 <= n; c += 8) {
+    V8 s0 = {};
+    for (int64_t t = 0; t < taps; ++t) s0 += Load8(a[t] + c) * Load8(b[t] + c);
+    Store8(out + c, s0);
+  }
+  for (; c < n; ++c) {
+    float s0 = 0.f;
+    for (int64_t t = 0; t < taps; ++t) s0 += a[t][c] * b[t][c];
+    out[c] = s0;
+  }
+}
+
+// The (tap, position) pairs along one axis that connect output `out` to the input
+// (forward), or input `in` to the outputs that read it (input gradient).
+struct TapPair {
+  int64_t tap, pos;
+};
+int64_t InputsOf(int64_t out, int64_t k, int64_t stride, int64_t pad, int64_t size,
+                 TapPair* pairs) {
+  int64_t count = 0;
+  for (int64_t t = 0; t < k; ++t) {
+    const int64_t in = out * stride + t - pad;
+    if (in >= 0 && in < size) pairs[count++] = {t, in};
+  }
+  return count;
+}
+int64_t OutputsOf(int64_t in, int64_t k, int64_t stride, int64_t pad, int64_t size,
+                  TapPair* pairs) {
+  int64_t count = 0;
+  for (int64_t t = 0; t < k; ++t) {
+    const int64_t u = in + pad - t;
+    if (u >= 0 && u % stride == 0 && u / stride < size) pairs[count++] = {t, u / stride};
+  }
+  return count;
+}
+
+// Depth multiplier 1 (every MobileNet layer): each output pixel's channels are one
+// DotTaps over the valid taps, so every output is written once from registers.
+// `rows_of` / `cols_of` give the pairs of a row / column; `at(b, r, c)` the
+// channel vector that pairs with tap (i, j).
+template <typename RowsOf, typename ColsOf>
+void GatherTaps(ffi::ThreadPool& pool, const Geometry& g, int64_t n_rows, int64_t n_cols,
+                RowsOf rows_of, ColsOf cols_of, const float* src, int64_t src_rows,
+                int64_t src_cols, const float* k, float* out) {
+  ParallelFor(pool, g.n * n_rows, pool.num_threads(), [&](int64_t begin, int64_t end, int64_t) {
+    std::vector<TapPair> rows(g.kh), cols(g.kw);
+    std::vector<const float*> a(g.kh * g.kw), b(g.kh * g.kw);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t batch = row / n_rows, r = row % n_rows;
+      const int64_t nr = rows_of(r, rows.data());
+      for (int64_t c = 0; c < n_cols; ++c) {
+        const int64_t nc = cols_of(c, cols.data());
+        int64_t taps = 0;
+        for (int64_t i = 0; i < nr; ++i) {
+          for (int64_t j = 0; j < nc; ++j, ++taps) {
+            a[taps] = src + ((batch * src_rows + rows[i].pos) * src_cols + cols[j].pos) * g.c;
+            b[taps] = k + (rows[i].tap * g.kw + cols[j].tap) * g.c;
+          }
+        }
+        DotTaps(out + (row * n_cols + c) * g.c, a.data(), b.data(), taps, g.c);
+      }
+    }
+  });
+}
+
 void Forward(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* k, float* y) {
+  if (g.m == 1) {
+    GatherTaps(
+        pool, g, g.oh, g.ow,
+        [&](int64_t oh, TapPair* p) { return InputsOf(oh, g.kh, g.stride, g.pad_top, g.h, p); },
+        [&](int64_t ow, TapPair* p) { return InputsOf(ow, g.kw, g.stride, g.pad_left, g.w, p); },
+        x, g.h, g.w, k, y);
+    return;
+  }
   const int64_t cm = g.cm();
   ParallelFor(pool, g.n * g.oh, pool.num_threads(), [&](int64_t begin, int64_t end, int64_t) {
     for (int64_t row = begin; row < end; ++row) {
@@ -125,6 +226,14 @@ void Forward(ffi::ThreadPool& pool, const Geometry& g, const float* x, const flo
 
 // dx[b, ih, iw] = sum over taps (i, j) whose output (oh, ow) reads (ih, iw).
 void InputGrad(ffi::ThreadPool& pool, const Geometry& g, const float* dy, const float* k, float* dx) {
+  if (g.m == 1) {
+    GatherTaps(
+        pool, g, g.h, g.w,
+        [&](int64_t ih, TapPair* p) { return OutputsOf(ih, g.kh, g.stride, g.pad_top, g.oh, p); },
+        [&](int64_t iw, TapPair* p) { return OutputsOf(iw, g.kw, g.stride, g.pad_left, g.ow, p); },
+        dy, g.oh, g.ow, k, dx);
+    return;
+  }
   const int64_t cm = g.cm();
   ParallelFor(pool, g.n * g.h, pool.num_threads(), [&](int64_t begin, int64_t end, int64_t) {
     for (int64_t row = begin; row < end; ++row) {
