@@ -100,6 +100,24 @@ inline int64_t InputIndex(int64_t out, int64_t tap, int64_t stride, int64_t pad,
   return (in < 0 || in >= size) ? -1 : in;
 }
 
+// Calls fn(input pixel, output column, tap index) for every tap of output row
+// `row` (batch * OH + oh) that reads inside the input x.
+template <typename F>
+void ForEachTap(const Geometry& g, const float* x, int64_t row, F fn) {
+  const int64_t b = row / g.oh, oh = row % g.oh;
+  for (int64_t i = 0; i < g.kh; ++i) {
+    const int64_t ih = InputIndex(oh, i, g.stride, g.pad_top, g.h);
+    if (ih < 0) continue;
+    const float* xrow = x + (b * g.h + ih) * g.w * g.c;
+    for (int64_t ow = 0; ow < g.ow; ++ow) {
+      for (int64_t j = 0; j < g.kw; ++j) {
+        const int64_t iw = InputIndex(ow, j, g.stride, g.pad_left, g.w);
+        if (iw >= 0) fn(xrow + iw * g.c, ow, i * g.kw + j);
+      }
+    }
+  }
+}
+
 // Eight floats in one vector register (AVX; two SSE/NEON registers elsewhere).
 typedef float V8 __attribute__((vector_size(32)));
 inline V8 Load8(const float* p) {
@@ -205,21 +223,11 @@ void Forward(ffi::ThreadPool& pool, const Geometry& g, const float* x, const flo
   const int64_t cm = g.cm();
   ParallelFor(pool, g.n * g.oh, pool.num_threads(), [&](int64_t begin, int64_t end, int64_t) {
     for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / g.oh, oh = row % g.oh;
       float* yrow = y + row * g.ow * cm;
       std::memset(yrow, 0, sizeof(float) * g.ow * cm);
-      for (int64_t i = 0; i < g.kh; ++i) {
-        const int64_t ih = InputIndex(oh, i, g.stride, g.pad_top, g.h);
-        if (ih < 0) continue;
-        const float* xrow = x + (b * g.h + ih) * g.w * g.c;
-        for (int64_t ow = 0; ow < g.ow; ++ow) {
-          for (int64_t j = 0; j < g.kw; ++j) {
-            const int64_t iw = InputIndex(ow, j, g.stride, g.pad_left, g.w);
-            if (iw < 0) continue;
-            MulAccBroadcast(yrow + ow * cm, xrow + iw * g.c, k + (i * g.kw + j) * cm, g.c, g.m);
-          }
-        }
-      }
+      ForEachTap(g, x, row, [&](const float* xp, int64_t ow, int64_t tap) {
+        MulAccBroadcast(yrow + ow * cm, xp, k + tap * cm, g.c, g.m);
+      });
     }
   });
 }
@@ -266,21 +274,10 @@ void KernelGrad(ffi::ThreadPool& pool, const Geometry& g, const float* x, const 
   ParallelFor(pool, g.n * g.oh, workers, [&](int64_t begin, int64_t end, int64_t worker) {
     float* acc = partial[worker].data();
     for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / g.oh, oh = row % g.oh;
       const float* dyrow = dy + row * g.ow * cm;
-      for (int64_t i = 0; i < g.kh; ++i) {
-        const int64_t ih = InputIndex(oh, i, g.stride, g.pad_top, g.h);
-        if (ih < 0) continue;
-        const float* xrow = x + (b * g.h + ih) * g.w * g.c;
-        for (int64_t ow = 0; ow < g.ow; ++ow) {
-          for (int64_t j = 0; j < g.kw; ++j) {
-            const int64_t iw = InputIndex(ow, j, g.stride, g.pad_left, g.w);
-            if (iw < 0) continue;
-            MulAccBroadcast(acc + (i * g.kw + j) * cm, xrow + iw * g.c, dyrow + ow * cm,
-                            g.c, g.m);
-          }
-        }
-      }
+      ForEachTap(g, x, row, [&](const float* xp, int64_t ow, int64_t tap) {
+        MulAccBroadcast(acc + tap * cm, xp, dyrow + ow * cm, g.c, g.m);
+      });
     }
   });
   std::memcpy(dk, partial[0].data(), sizeof(float) * taps * cm);
