@@ -204,11 +204,12 @@ def main(argv):
   result = measure_jax()
   if FLAGS.peers:
     result["peers"] = []
-    for name, thp in [(n, thp) for n in FLAGS.peers for thp in PEER_THP[FLAGS.peer_hugepages]]:
-      peer = measure_peer(name, thp)
-      if "error" not in peer:
-        peer["ratio_ours_to_peer"] = ratios(result, peer)
-      result["peers"].append(peer)
+    for name in FLAGS.peers:
+      for thp in PEER_THP[FLAGS.peer_hugepages]:
+        peer = measure_peer(name, thp)
+        if "error" not in peer:
+          peer["ratio_ours_to_peer"] = ratios(result, peer)
+        result["peers"].append(peer)
   if FLAGS.json:
     print(json.dumps(result))
   else:

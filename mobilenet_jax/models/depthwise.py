@@ -53,6 +53,15 @@ def output_size(size: int, k: int, stride: int, pad: Tuple[int, int]) -> int:
   return (size + sum(pad) - k) // stride + 1
 
 
+def spatial_geometry(x_shape, kernel_shape, strides: int, padding: Padding):
+  """((pad_top, pad_bottom), (pad_left, pad_right)), (out_h, out_w) for NHWC x."""
+  pads = tuple(explicit_padding(x_shape[1 + axis], kernel_shape[axis], strides, padding, axis)
+               for axis in (0, 1))
+  out_hw = tuple(output_size(x_shape[1 + axis], kernel_shape[axis], strides, pads[axis])
+                 for axis in (0, 1))
+  return pads, out_hw
+
+
 def depthwise_lax(x, kernel, strides: int, padding: Padding):
   """XLA's grouped convolution; kernel (k, k, 1, C * m)."""
   return lax.conv_general_dilated(
@@ -66,11 +75,8 @@ def depthwise_shift(x, kernel, strides: int, padding: Padding):
   multiplier = features // x.shape[-1]
   if multiplier > 1:  # output channel c*m + j reads input channel c
     x = jnp.repeat(x, multiplier, axis=-1)
-  _, h, w, _ = x.shape
-  ph = explicit_padding(h, kh, strides, padding, 0)
-  pw = explicit_padding(w, kw, strides, padding, 1)
+  (ph, pw), (oh, ow) = spatial_geometry(x.shape, kernel.shape, strides, padding)
   x = jnp.pad(x, ((0, 0), ph, pw, (0, 0)))
-  oh, ow = output_size(h, kh, strides, ph), output_size(w, kw, strides, pw)
   out = None
   for i in range(kh):
     for j in range(kw):
@@ -83,10 +89,7 @@ def depthwise_shift(x, kernel, strides: int, padding: Padding):
 def depthwise_native(x, kernel, strides: int, padding: Padding):
   """The native CPU kernel, in float32 whatever the compute dtype."""
   native.load()  # builds once per machine, registers once per process
-  kh, kw = kernel.shape[:2]
-  ph = explicit_padding(x.shape[1], kh, strides, padding, 0)
-  pw = explicit_padding(x.shape[2], kw, strides, padding, 1)
-  out_hw = (output_size(x.shape[1], kh, strides, ph), output_size(x.shape[2], kw, strides, pw))
+  (ph, pw), out_hw = spatial_geometry(x.shape, kernel.shape, strides, padding)
   y = _native_conv(x.astype(jnp.float32), vary_like(kernel.astype(jnp.float32), x),
                    (strides, ph[0], pw[0]), out_hw)
   return y.astype(x.dtype)

@@ -79,13 +79,9 @@ inline void MulAccBroadcast(float* __restrict acc, const float* __restrict a,
     for (int64_t q = 0; q < m; ++q) acc[i * m + q] += a[i] * b[i * m + q];
 }
 
-// acc[c] += sum_q a[c * m + q] * b[c * m + q]
+// acc[c] += sum_q a[c * m + q] * b[c * m + q]  (depth multiplier m > 1 only)
 inline void MulAccReduce(float* __restrict acc, const float* __restrict a,
                          const float* __restrict b, int64_t c, int64_t m) {
-  if (m == 1) {
-    for (int64_t i = 0; i < c; ++i) acc[i] += a[i] * b[i];
-    return;
-  }
   for (int64_t i = 0; i < c; ++i) {
     float s = 0.f;
     for (int64_t q = 0; q < m; ++q) s += a[i * m + q] * b[i * m + q];

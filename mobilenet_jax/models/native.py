@@ -36,6 +36,10 @@ TARGETS = {
 ARCH_FLAGS = (["-march=native"], [])
 
 
+class NativeUnavailable(ConfigError):
+  """The native kernel cannot be built or loaded here."""
+
+
 def cache_dir() -> pathlib.Path:
   default = pathlib.Path.home() / ".cache" / "mobilenet_jax"
   return pathlib.Path(os.environ.get("MOBILENET_JAX_CACHE", default))
@@ -47,10 +51,6 @@ def compiler() -> str:
   if not cxx:
     raise NativeUnavailable("no C++ compiler found (set CXX, or install g++ or clang++)")
   return cxx
-
-
-class NativeUnavailable(ConfigError):
-  """The native kernel cannot be built or loaded here."""
 
 
 def compile_command(cxx: str, arch: list, out: str) -> list:
