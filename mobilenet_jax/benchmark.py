@@ -11,7 +11,11 @@ default (one device-resident batch, as the peers use); `--data pipeline`
 feeds the real input pipeline instead (and so imports TensorFlow).
 With --peers, Keras Applications and a PyTorch model of the same
 architecture run afterwards in the same invocation, one at a time, and the
-ratios are printed. With --json, one JSON object is printed.
+ratios are printed. With --rounds N, ours and every peer are timed N times,
+alternating, and each ratio is the median of the N ratios of adjacent
+measurements: on a shared machine whose speed drifts by tens of percent over
+minutes, that is steadier than one ratio of two measurements minutes apart.
+With --json, one JSON object is printed.
 """
 
 if __name__ == "__main__":  # before the imports below allocate anything
@@ -21,6 +25,7 @@ if __name__ == "__main__":  # before the imports below allocate anything
 import functools
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -50,6 +55,8 @@ flags.DEFINE_enum("peer_hugepages", "off", ["off", "on", "both"],
                   "Run the peers without (as they run out of the box) or with the "
                   "huge-page malloc tunable this project's entry points set "
                   "(mobilenet_jax/hugepages.py), or both ways.")
+flags.DEFINE_integer("rounds", 1, "Time ours and each peer this many times, "
+                     "alternating; ratios are the median over rounds.", lower_bound=1)
 flags.DEFINE_bool("json", False, "Print one JSON object.")
 PEER_THP = {"off": (False,), "on": (True,), "both": (False, True)}
 FLAGS = flags.FLAGS
@@ -84,12 +91,15 @@ def peak_memory_mb(device) -> tuple:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process peak RSS"
 
 
-def timed(fn, warmup: int, steps: int) -> dict:
-  """Figures for calling `fn` (which blocks on its result): the peers' method."""
-  return peers.summarize(peers.time_steps(fn, warmup, steps), FLAGS.batch_size)
+def timed(fn) -> list:
+  """Durations of `--steps` calls of `fn` (which blocks on its result) after
+  `--warmup` untimed ones: the peers' method."""
+  return peers.time_steps(fn, FLAGS.warmup, FLAGS.steps)
 
 
-def measure_jax() -> dict:
+def prepare_jax() -> tuple:
+  """(result, timers): the run's description and compile times, and for each
+  timed mode a function that runs one step and waits for it."""
   import jax
   import numpy as np
   import optax
@@ -112,8 +122,9 @@ def measure_jax() -> dict:
             "batch_size": FLAGS.batch_size, "dtype": FLAGS.dtype, "data": FLAGS.data,
             "backend": jax.default_backend(), "device_kind": device.device_kind,
             "num_devices": mesh.size, "jax": jax.__version__,
-            "hugepages": hugepages.active(),
+            "hugepages": hugepages.active(), "rounds": FLAGS.rounds,
             "madds": flops.count(config.model, size)["madds"]}
+  timers, holder = {}, [state]  # the latest state: training donates the previous one
 
   if FLAGS.mode in ("train", "both"):
     step = parallel.data_parallel(
@@ -121,35 +132,41 @@ def measure_jax() -> dict:
         mesh, donate_state=True)
     t = time.perf_counter()
     step = step.lower(state, device_batch).compile()
-    compile_s = time.perf_counter() - t
+    result["train"] = {"compile_s": time.perf_counter() - t}
     if FLAGS.data == "pipeline":
       batches = pipeline_batches(FLAGS.batch_size)
       next_batch = lambda: parallel.shard_batch(next(batches), mesh)
     else:
       next_batch = lambda: device_batch
-    holder = [state]
 
     def train():
       holder[0], metrics = step(holder[0], next_batch())
       metrics["loss"].block_until_ready()
 
-    result["train"] = {**timed(train, FLAGS.warmup, FLAGS.steps), "compile_s": compile_s}
-    state = holder[0]
+    timers["train"] = train
 
   if FLAGS.mode in ("infer", "both"):
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    variables = lambda: {"params": holder[0].params, "batch_stats": holder[0].batch_stats}
     infer = jax.jit(lambda v, x: model.apply(v, x, train=False))
     images = device_batch["image"]
     t = time.perf_counter()
-    infer = infer.lower(variables, images).compile()
-    compile_s = time.perf_counter() - t
-    result["infer"] = {**timed(lambda: infer(variables, images).block_until_ready(),
-                               FLAGS.warmup, FLAGS.steps), "compile_s": compile_s}
+    infer = infer.lower(variables(), images).compile()
+    result["infer"] = {"compile_s": time.perf_counter() - t}
+    timers["infer"] = lambda: infer(variables(), images).block_until_ready()
+  return result, timers
 
+
+def finish_jax(result: dict, times: dict) -> dict:
+  """Adds ours' figures over the steps of all rounds, the headline figures and
+  peak memory."""
+  import jax
+  for mode, steps_s in times.items():
+    result[mode].update(peers.summarize(steps_s, FLAGS.batch_size),
+                        timed_steps=len(steps_s))
   # The headline figures: training's if timed, else inference's.
   main_mode = result.get("train") or result["infer"]
   result.update({k: main_mode[k] for k in ("img_per_s", "step_ms_median", "compile_s")})
-  result["peak_mem_mb"], result["peak_mem_of"] = peak_memory_mb(device)
+  result["peak_mem_mb"], result["peak_mem_of"] = peak_memory_mb(jax.local_devices()[0])
   return result
 
 
@@ -175,14 +192,39 @@ def ratios(ours: dict, peer: dict) -> dict:
           for mode in ("train", "infer") if mode in ours and mode in peer}
 
 
+def combine_peer(runs: list, ours_per_round: list) -> dict:
+  """One peer's entry from its runs, one per round, and ours from the same
+  rounds. Its figures and ratios are medians over the rounds that ran; each
+  round's ratio compares the peer with ours timed just before it."""
+  ok = [(run, ours) for run, ours in zip(runs, ours_per_round) if "error" not in run]
+  if not ok:
+    return runs[-1]
+  entry = dict(ok[0][0])
+  per_round = [ratios(ours, run) for run, ours in ok]
+  entry["ratio_ours_to_peer"], entry["ratio_range"] = {}, {}
+  for mode in per_round[0]:
+    values = [r[mode] for r in per_round]
+    entry[mode] = {k: statistics.median(run[mode][k] for run, _ in ok)
+                   for k in ok[0][0][mode]}
+    entry["ratio_ours_to_peer"][mode] = statistics.median(values)
+    entry["ratio_range"][mode] = [min(values), max(values)]
+  entry["rounds"] = len(ok)
+  if len(ok) < len(runs):
+    entry["failed_rounds"] = [run["error"] for run in runs if "error" in run]
+  return entry
+
+
 def print_table(result: dict):
   print(f"{result['model']} alpha {result['alpha']} @ {result['image_size']}, batch "
         f"{result['batch_size']}, {result['dtype']}, {result['data']} data, "
         f"{result['backend']} ({result['device_kind']}) x {result['num_devices']}, "
-        f"jax {result['jax']}, huge pages {'on' if result['hugepages'] else 'off'}")
+        f"jax {result['jax']}, huge pages {'on' if result['hugepages'] else 'off'}"
+        + (f", {result['rounds']} rounds (ratios: median over rounds)"
+           if result["rounds"] > 1 else ""))
   rows = [("mobilenet_jax", result)] + [(p["peer"], p) for p in result.get("peers", [])]
   print(f"{'system':<16}{'mode':<7}{'img/s':>9}{'median ms':>11}{'min ms':>9}"
-        f"{'max ms':>9}{'compile s':>11}{'ours/this':>11}")
+        f"{'max ms':>9}{'compile s':>11}{'ours/this':>11}"
+        + ("  per-round range" if result["rounds"] > 1 else ""))
   for name, r in rows:
     if "error" in r:
       print(f"{name:<16}failed: {r['error']}")
@@ -191,25 +233,33 @@ def print_table(result: dict):
       if mode not in r:
         continue
       m = r[mode]
-      ratio = result["train" if mode == "train" else "infer"]["img_per_s"] / m["img_per_s"]
+      ratio = r.get("ratio_ours_to_peer", {}).get(mode, 1.0)
+      spread = "-".join(f"{v:.2f}" for v in r.get("ratio_range", {}).get(mode, []))
       compile_s = f"{m['compile_s']:.1f}" if "compile_s" in m else "-"
       print(f"{name:<16}{mode:<7}{m['img_per_s']:>9.1f}{m['step_ms_median']:>11.1f}"
             f"{m['step_ms_min']:>9.1f}{m['step_ms_max']:>9.1f}{compile_s:>11}"
-            f"{ratio:>10.2f}x")
+            f"{ratio:>10.2f}x  {spread}")
   print(f"peak memory {result['peak_mem_mb']:.0f} MB ({result['peak_mem_of']})")
 
 
 def main(argv):
   del argv
-  result = measure_jax()
-  if FLAGS.peers:
-    result["peers"] = []
-    for name in FLAGS.peers:
-      for thp in PEER_THP[FLAGS.peer_hugepages]:
-        peer = measure_peer(name, thp)
-        if "error" not in peer:
-          peer["ratio_ours_to_peer"] = ratios(result, peer)
-        result["peers"].append(peer)
+  result, timers = prepare_jax()
+  labels = [(name, thp) for name in FLAGS.peers for thp in PEER_THP[FLAGS.peer_hugepages]]
+  times = {mode: [] for mode in timers}
+  ours_per_round, peer_runs = [], {label: [] for label in labels}
+  for _ in range(FLAGS.rounds):
+    ours = {}
+    for mode, fn in timers.items():
+      steps_s = timed(fn)
+      times[mode] += steps_s
+      ours[mode] = peers.summarize(steps_s, FLAGS.batch_size)
+    ours_per_round.append(ours)
+    for label in labels:
+      peer_runs[label].append(measure_peer(*label))
+  result = finish_jax(result, times)
+  if labels:
+    result["peers"] = [combine_peer(peer_runs[label], ours_per_round) for label in labels]
   if FLAGS.json:
     print(json.dumps(result))
   else:
