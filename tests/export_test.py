@@ -18,11 +18,14 @@ from mobilenet_jax.errors import ConfigError
 from mobilenet_jax.interop import tf_export
 from mobilenet_jax.models import get_model
 
-# One worker trains the run once for every test here.
+# One worker trains the run once for every test here. The fixtures are
+# session-scoped because xdist can hand that worker other modules' tests in
+# between, and a module-scoped fixture is then torn down and trained again (CI
+# spent 252 + 190 s of setup on it).
 pytestmark = pytest.mark.xdist_group("export")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def run(tmp_path_factory):
   """The README's first command: configs/default.py trained to the end (~3 min
   on one device in its own process). Shorter runs leave margins so thin that
@@ -38,7 +41,7 @@ def run(tmp_path_factory):
   return workdir, default.get_config()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def eval_set(run):
   """Every digits evaluation image, and the training model's logits for them."""
   from mobilenet_jax import input_pipeline
