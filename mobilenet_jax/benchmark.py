@@ -156,11 +156,12 @@ def prepare_jax() -> tuple:
   return result, timers
 
 
-def finish_jax(result: dict, times: dict) -> dict:
-  """Adds ours' figures over the steps of all rounds, the headline figures and
-  peak memory."""
+def finish_jax(result: dict, rounds: list) -> dict:
+  """Adds ours' figures over the steps of all rounds (each round: {mode: step
+  durations}), the headline figures and peak memory."""
   import jax
-  for mode, steps_s in times.items():
+  for mode in rounds[0]:
+    steps_s = [t for r in rounds for t in r[mode]]
     result[mode].update(peers.summarize(steps_s, FLAGS.batch_size),
                         timed_steps=len(steps_s))
   # The headline figures: training's if timed, else inference's.
@@ -246,19 +247,15 @@ def main(argv):
   del argv
   result, timers = prepare_jax()
   labels = [(name, thp) for name in FLAGS.peers for thp in PEER_THP[FLAGS.peer_hugepages]]
-  times = {mode: [] for mode in timers}
-  ours_per_round, peer_runs = [], {label: [] for label in labels}
+  ours_rounds, peer_runs = [], {label: [] for label in labels}
   for _ in range(FLAGS.rounds):
-    ours = {}
-    for mode, fn in timers.items():
-      steps_s = timed(fn)
-      times[mode] += steps_s
-      ours[mode] = peers.summarize(steps_s, FLAGS.batch_size)
-    ours_per_round.append(ours)
+    ours_rounds.append({mode: timed(fn) for mode, fn in timers.items()})
     for label in labels:
       peer_runs[label].append(measure_peer(*label))
-  result = finish_jax(result, times)
+  result = finish_jax(result, ours_rounds)
   if labels:
+    ours_per_round = [{mode: peers.summarize(steps_s, FLAGS.batch_size)
+                       for mode, steps_s in r.items()} for r in ours_rounds]
     result["peers"] = [combine_peer(peer_runs[label], ours_per_round) for label in labels]
   if FLAGS.json:
     print(json.dumps(result))
