@@ -13,7 +13,7 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["mobilenet_jax", "mobilenet_jax.*"]),
     # The native CPU depthwise kernel is compiled from source on first use.
-    package_data={"mobilenet_jax.models": ["depthwise_cpu.cc"]},
+    package_data={"mobilenet_jax.ops": ["depthwise_cpu.cc"]},
     python_requires=">=3.10",
     install_requires=[
         # JAX 0.10 is the newest for Python 3.11, 0.11 runs the GPU machines (3.12).

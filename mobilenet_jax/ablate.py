@@ -151,7 +151,7 @@ def run_dir(workdir: str, run: Run) -> str:
 
 
 def run_all(runs: List[Run], workdir: str):
-  from mobilenet_jax import train
+  from mobilenet_jax.training import loop
   durations = []
   left = sum(not is_done(run_dir(workdir, r)) for r in runs)
   for i, run in enumerate(runs, 1):
@@ -163,7 +163,7 @@ def run_all(runs: List[Run], workdir: str):
            if durations else "")
     print(f"ablate: run {i}/{len(runs)} {run.name}{eta}", flush=True)
     t = time.time()
-    train.train_and_evaluate(run.config, directory)
+    loop.train_and_evaluate(run.config, directory)
     durations.append(time.time() - t)
     left -= 1
 

@@ -34,7 +34,7 @@ import types
 from absl import app, flags
 
 from mobilenet_jax import hugepages, peers
-from mobilenet_jax.models import depthwise
+from mobilenet_jax.ops import depthwise
 
 flags.DEFINE_enum("model", "mobilenet_v2", ["mobilenet_v1", "mobilenet_v2"], "Model.")
 flags.DEFINE_float("alpha", 1.0, "Width multiplier.")
@@ -75,7 +75,7 @@ def bench_config():
 def pipeline_batches(local_batch: int):
   """Batches of the real input pipeline at the benchmark's size."""
   from configs import default
-  from mobilenet_jax import input_pipeline
+  from mobilenet_jax.data import input_pipeline
   config = default.get_config()
   config.dataset, config.image_size = FLAGS.dataset, FLAGS.image_size
   builder = input_pipeline.get_builder(config)
@@ -104,7 +104,8 @@ def prepare_jax() -> tuple:
   import numpy as np
   import optax
 
-  from mobilenet_jax import flops, parallel, steps
+  from mobilenet_jax import madds, parallel
+  from mobilenet_jax.training import steps
 
   config = bench_config()
   mesh = parallel.create_mesh(jax.local_devices())
@@ -123,7 +124,7 @@ def prepare_jax() -> tuple:
             "backend": jax.default_backend(), "device_kind": device.device_kind,
             "num_devices": mesh.size, "jax": jax.__version__,
             "hugepages": hugepages.active(), "rounds": FLAGS.rounds,
-            "madds": flops.count(config.model, size)["madds"]}
+            "madds": madds.count(config.model, size)["madds"]}
   timers, holder = {}, [state]  # the latest state: training donates the previous one
 
   if FLAGS.mode in ("train", "both"):

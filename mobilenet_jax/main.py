@@ -17,7 +17,8 @@ import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
-from mobilenet_jax import cli, parallel, train
+from mobilenet_jax import cli, parallel
+from mobilenet_jax.training import loop
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
@@ -43,8 +44,8 @@ def main(argv):
                                   FLAGS.heartbeat_timeout_s)
   logging.info("Config:\n%s", FLAGS.config)
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (train.TrainingError, train.Preempted) as e:
+    loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (loop.TrainingError, loop.Preempted) as e:
     cli.fail(str(e))
   except jax.errors.JaxRuntimeError as e:
     if jax.process_count() == 1:

@@ -10,7 +10,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from mobilenet_jax import parallel
-from mobilenet_jax.models.batchnorm import BatchNormAct
+from mobilenet_jax.ops.batchnorm import BatchNormAct
 
 REFERENCE_ACTIVATIONS = {"relu6": jax.nn.relu6, "relu": jax.nn.relu, "linear": lambda y: y}
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from mobilenet_jax import flops
+from mobilenet_jax import madds
 from mobilenet_jax.models import get_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,7 +20,7 @@ CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
 def test_config_builds_its_model(path):
   config = runpy.run_path(path)["get_config"]()
   get_model(config.model)
-  assert flops.count(config.model, config.image_size)["madds"] > 0
+  assert madds.count(config.model, config.image_size)["madds"] > 0
   assert config.image_size >= 32
 
 
@@ -39,7 +39,7 @@ def test_bad_variant_names_the_format():
 
 def test_models_and_train_step_import_without_tensorflow():
   """GPU benchmark machines have JAX but no TensorFlow (DESIGN.md)."""
-  code = ("import sys; import mobilenet_jax.steps, mobilenet_jax.synthetic, "
-          "mobilenet_jax.flops, mobilenet_jax.parallel; "
+  code = ("import sys; import mobilenet_jax.training.steps, mobilenet_jax.data.synthetic, "
+          "mobilenet_jax.madds, mobilenet_jax.parallel; "
           "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'")
   subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from mobilenet_jax import flops
+from mobilenet_jax import madds
 from mobilenet_jax.models import get_model
 
 # Keras Applications, 1000 classes, include_top: (total, trainable or None).
@@ -58,14 +58,14 @@ def test_params_equal_keras_applications(name, alpha):
   total, trainable = KERAS_PARAMS[(name, alpha)]
   variables = init_shapes(dict(name=name, alpha=alpha), 224)
   assert count(variables) == total
-  assert flops.count(dict(name=name, alpha=alpha), 224)["params"] == total
+  assert madds.count(dict(name=name, alpha=alpha), 224)["params"] == total
   if trainable is not None:
     assert count(variables["params"]) == trainable
 
 
 @pytest.mark.parametrize("model_config,size,madds_m,params_m", PAPER_MADDS)
 def test_madds_within_one_percent_of_papers(model_config, size, madds_m, params_m):
-  counts = flops.count(model_config, size)
+  counts = madds.count(model_config, size)
   assert counts["madds"] / 1e6 == pytest.approx(madds_m, rel=0.01)
   if params_m is not None:
     # The papers count conv and dense weights, without batch norm, to one
@@ -91,7 +91,7 @@ SPREAD = [
 @pytest.mark.parametrize("model_config,size", SPREAD)
 def test_analytic_params_equal_init(model_config, size):
   variables = init_shapes(model_config, size)
-  counts = flops.count(model_config, size)
+  counts = madds.count(model_config, size)
   assert counts["params"] == count(variables)
   assert counts["trainable_params"] == count(variables["params"])
 
@@ -110,5 +110,5 @@ def test_analytic_madds_agree_with_xla_cost_analysis(model_config, size):
   x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
   cost = jax.jit(model.apply).lower(variables, x).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
-  ratio = cost["flops"] / 2 / flops.count(model_config, size)["madds"]
+  ratio = cost["flops"] / 2 / madds.count(model_config, size)["madds"]
   assert 0.92 < ratio < 1.10

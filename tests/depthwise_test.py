@@ -10,8 +10,9 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from mobilenet_jax import parallel
-from mobilenet_jax.models import depthwise, get_model, native
-from mobilenet_jax.models.depthwise import depthwise_lax, depthwise_native, depthwise_shift
+from mobilenet_jax.models import get_model
+from mobilenet_jax.ops import depthwise, native
+from mobilenet_jax.ops.depthwise import depthwise_lax, depthwise_native, depthwise_shift
 
 FAST = {"shift": depthwise_shift, "native": depthwise_native}
 

@@ -13,7 +13,7 @@ pytest.importorskip("tensorflow")
 
 from configs import default
 from conftest import ROOT
-from mobilenet_jax import checkpoint
+from mobilenet_jax.training import checkpoint
 from mobilenet_jax.errors import ConfigError
 from mobilenet_jax.interop import tf_export
 from mobilenet_jax.models import get_model
@@ -44,7 +44,7 @@ def run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def eval_set(run):
   """Every digits evaluation image, and the training model's logits for them."""
-  from mobilenet_jax import input_pipeline
+  from mobilenet_jax.data import input_pipeline
   workdir, config = run
   builder = input_pipeline.get_builder(config)
   images, labels = input_pipeline.first_examples(config, builder, config.eval_split, 10_000)

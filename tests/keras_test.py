@@ -135,7 +135,8 @@ def test_keras_weights_file_of_another_alpha_or_model_is_a_clear_error(tmp_path)
 def test_converted_keras_weights_evaluate_through_main_as_keras_predicts(tmp_path):
   """convert, then main's eval-only path: the same top-1 as Keras itself."""
   from configs import default
-  from mobilenet_jax import input_pipeline, train
+  from mobilenet_jax.data import input_pipeline
+  from mobilenet_jax.training import loop
   from mobilenet_jax.interop.keras import convert_to_checkpoint
   km = keras_model("mobilenet_v2", 0.35, 32, classes=10, classifier_activation=None)
   randomize_bn_statistics(km, np.random.default_rng(2))
@@ -145,7 +146,7 @@ def test_converted_keras_weights_evaluate_through_main_as_keras_predicts(tmp_pat
   diff = convert_to_checkpoint(str(tmp_path / "v2.weights.h5"), config, str(tmp_path / "keras"))
   assert diff < 1e-4
   config.init_from, config.eval_only = str(tmp_path / "keras"), True
-  results = train.train_and_evaluate(config, str(tmp_path / "eval"))
+  results = loop.train_and_evaluate(config, str(tmp_path / "eval"))
   images, labels = input_pipeline.first_examples(
       config, input_pipeline.get_builder(config), config.eval_split, 1000)
   keras_top1 = np.mean(np.argmax(km(images, training=False), -1) == labels)

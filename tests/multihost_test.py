@@ -11,7 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from mobilenet_jax import checkpoint, launch
+from mobilenet_jax import launch
+from mobilenet_jax.training import checkpoint
 from conftest import ROOT
 
 # All tests here share one uninterrupted 2-process run: keep them on one worker.

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from mobilenet_jax import optim
+from mobilenet_jax.training import optim
 from mobilenet_jax.errors import ConfigError
 
 

@@ -19,7 +19,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import default, mobilenet_v2
-from mobilenet_jax import checkpoint, optim, parallel, steps, train
+from mobilenet_jax import parallel
+from mobilenet_jax.training import checkpoint, loop, optim, steps
 from mobilenet_jax.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,7 +45,7 @@ def test_imagenet_config_trains_on_mock_data(tmp_path):
                 eval_every_steps=3, checkpoint_every_steps=3)
   config.model.blocks = SMALL_BLOCKS
   with tfds.testing.mock_data(num_examples=12):
-    results = train.train_and_evaluate(config, str(tmp_path))
+    results = loop.train_and_evaluate(config, str(tmp_path))
   assert results["num_devices"] == 4 and results["global_batch_size"] == 8
   assert results["eval_count"] == 12  # 12 examples over batches of 8: padded, counted once
   assert results["eval_count_ema"] == 12
@@ -196,7 +197,7 @@ def test_missing_dataset_is_one_line_and_nonzero(tmp_path, small_config_file):
 def test_bad_config_values_name_the_key(tmp_path, overrides, words):
   config = tiny(default.get_config(), num_train_steps=2, **overrides)
   with pytest.raises(ConfigError) as e:
-    train.train_and_evaluate(config, str(tmp_path))
+    loop.train_and_evaluate(config, str(tmp_path))
   for word in words:
     assert word in str(e.value)
   assert not os.path.exists(tmp_path / "checkpoints" / "1")
@@ -206,8 +207,8 @@ def test_nonfinite_loss_stops_with_the_step_and_keeps_checkpoints(tmp_path):
   config = small_config()
   config.update(dict(num_train_steps=6, optimizer="sgd", learning_rate=1e30,
                      warmup_epochs=0.0, checkpoint_every_steps=1, log_every_steps=100))
-  with pytest.raises(train.TrainingError, match="not finite at step 2.*step 1"):
-    train.train_and_evaluate(config, str(tmp_path))
+  with pytest.raises(loop.TrainingError, match="not finite at step 2.*step 1"):
+    loop.train_and_evaluate(config, str(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
   assert not os.path.exists(tmp_path / "results.json")
 
@@ -215,7 +216,7 @@ def test_nonfinite_loss_stops_with_the_step_and_keeps_checkpoints(tmp_path):
 def test_different_model_in_workdir_refuses_to_resume(tmp_path, small_config_file):
   config = runpy.run_path(small_config_file)["get_config"]()
   manager = checkpoint.create_manager(str(tmp_path), 1)
-  checkpoint.save(manager, 5, {"x": np.zeros(3)}, {"identity": train.model_identity(config)})
+  checkpoint.save(manager, 5, {"x": np.zeros(3)}, {"identity": loop.model_identity(config)})
   code, err = main(tmp_path, small_config_file, "--config.num_train_steps=2",
                    "--config.model.alpha=0.75")
   assert code != 0
@@ -245,7 +246,7 @@ def warm_start_setup(tmp_path, num_classes):
 
 def test_init_from_loads_every_weight_and_a_new_head_for_another_class_count(tmp_path):
   config, tx, state, saved = warm_start_setup(tmp_path, num_classes=7)
-  started = train.warm_start(state, config, tx)
+  started = loop.warm_start(state, config, tx)
   flat = lambda t: flax.traverse_util.flatten_dict(t, sep="/")
   for path, value in flat(started.params).items():
     expected = state.params if path.startswith("classifier") else saved["params"]
@@ -259,13 +260,13 @@ def test_init_from_of_another_width_is_a_clear_error(tmp_path):
   config.model.alpha = 0.5
   other = steps.create_train_state(config, tx, jax.random.key(0))
   with pytest.raises(ConfigError, match="another architecture: .* has shape"):
-    train.warm_start(other, config, tx)
+    loop.warm_start(other, config, tx)
 
 
 def test_converted_weights_are_not_resumed_as_a_run(tmp_path):
   config, tx, state, _ = warm_start_setup(tmp_path, num_classes=10)
   manager = checkpoint.create_manager(config.init_from, 2)
   with pytest.raises(ConfigError, match="holds converted weights, not a training run"):
-    checkpoint.restore(manager, state, train.model_identity(config))
+    checkpoint.restore(manager, state, loop.model_identity(config))
   with pytest.raises(ConfigError, match="already holds a checkpoint"):
     checkpoint.save_weights(config.init_from, {}, {})

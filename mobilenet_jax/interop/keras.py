@@ -225,7 +225,7 @@ def keras_counterpart(model_config: Dict[str, Any], image_size: int):
 
 def check_same_architecture(converted, wanted, path: str):
   """The Keras file's network must be the config's, knob for knob."""
-  from mobilenet_jax.checkpoint import describe_difference
+  from mobilenet_jax.training.checkpoint import describe_difference
   from mobilenet_jax.models import architecture
   have, want = architecture(converted), architecture(wanted)
   if type(converted) is not type(wanted):
@@ -251,9 +251,9 @@ def convert_to_checkpoint(path: str, config, out: str) -> float:
   """Writes the Keras file's weights for `config`'s model as a checkpoint in
   `out` (for --config.init_from and export); returns the largest output
   difference between the Keras model and the converted one."""
-  from mobilenet_jax import checkpoint
+  from mobilenet_jax.training import checkpoint
   from mobilenet_jax.models import get_model
-  from mobilenet_jax.train import as_json, model_identity
+  from mobilenet_jax.training.loop import as_json, model_identity
   m = config.model
   keras_model = load_keras_file(path, m.name, m.alpha, config.image_size,
                                 m.num_classes, m.include_top)

@@ -30,7 +30,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from mobilenet_jax import checkpoint, peers
+from mobilenet_jax import peers
+from mobilenet_jax.training import checkpoint
 from mobilenet_jax.errors import ConfigError
 
 FORMATS = ("tflite", "saved_model")
@@ -161,7 +162,7 @@ def data(config, image_size: int, calibration: int, check: int):
   if config is None or config.dataset == "synthetic":
     images = np.random.RandomState(0).uniform(-1, 1, (8, image_size, image_size, 3))
     return None, images.astype(np.float32), None
-  from mobilenet_jax import input_pipeline
+  from mobilenet_jax.data import input_pipeline
   config = ml_collections.ConfigDict(config.to_dict())
   config.image_size = image_size
   builder = input_pipeline.get_builder(config)

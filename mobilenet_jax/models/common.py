@@ -1,10 +1,7 @@
-"""What MobileNet V1 and V2 share: the classifier head, knob checks, and the
-device-axis typing the hand-written VJPs need."""
+"""What MobileNet V1 and V2 share: the classifier head and knob checks."""
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
-from jax import lax
 
 from mobilenet_jax.errors import ConfigError
 
@@ -41,15 +38,3 @@ def validate_common(model: nn.Module):
   if model.num_classes < 1:
     raise ConfigError(f"model.num_classes={model.num_classes!r} is not valid; "
                       "use an integer >= 1.")
-
-
-def vary_like(value, like):
-  """Inside shard_map, marks `value` as varying over the devices `like` varies over.
-
-  jnp ops do this implicitly. A custom VJP or FFI call needs it done: a replicated
-  parameter entering it must have the activations' type so that its cotangent can
-  (the cast's transpose then sums the gradient over devices, as for any
-  parameter), and FFI results are typed as replicated until cast.
-  """
-  axes = jax.typeof(like).manual_axis_type.varying - jax.typeof(value).manual_axis_type.varying
-  return lax.pcast(value, tuple(sorted(axes)), to="varying") if axes else value

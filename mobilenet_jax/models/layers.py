@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 
 from mobilenet_jax.errors import check_choice
-from mobilenet_jax.models.batchnorm import ACTIVATIONS, BatchNormAct
-from mobilenet_jax.models.depthwise import DepthwiseConv
+from mobilenet_jax.ops.batchnorm import ACTIVATIONS, BatchNormAct
+from mobilenet_jax.ops.depthwise import DepthwiseConv
 
 Padding = Union[str, Sequence[Tuple[int, int]]]
 

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mobilenet_jax.models.common import vary_like
+from mobilenet_jax.ops.sharding import vary_like
 
 ACTIVATIONS = ("relu6", "relu", "linear")
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from mobilenet_jax import optim
+from mobilenet_jax.training import optim
 from mobilenet_jax.errors import check_choice
 from mobilenet_jax.models import get_model
 from mobilenet_jax.parallel import DATA

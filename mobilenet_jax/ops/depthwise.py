@@ -19,8 +19,8 @@ import numpy as np
 from jax import lax
 
 from mobilenet_jax.errors import check_choice
-from mobilenet_jax.models import native
-from mobilenet_jax.models.common import vary_like
+from mobilenet_jax.ops import native
+from mobilenet_jax.ops.sharding import vary_like
 
 IMPLS = ("auto", "lax", "shift", "native")
 Padding = Union[str, Sequence[Tuple[int, int]]]

@@ -21,9 +21,10 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 
-from mobilenet_jax import checkpoint, flops, optim, parallel
+from mobilenet_jax import madds, parallel
+from mobilenet_jax.training import checkpoint, optim
 from mobilenet_jax.errors import ConfigError
-from mobilenet_jax.steps import (TrainState, create_model, create_train_state,
+from mobilenet_jax.training.steps import (TrainState, create_model, create_train_state,
                                  eval_step, state_from, train_step)
 
 
@@ -41,7 +42,7 @@ def open_dataset(config):
   """The prepared TFDS builder, or None for synthetic data (no TensorFlow)."""
   if config.dataset == "synthetic":
     return None
-  from mobilenet_jax import input_pipeline
+  from mobilenet_jax.data import input_pipeline
   builder = input_pipeline.get_builder(config)
   for split in (config.train_split, config.eval_split):
     if builder.info.splits and split not in builder.info.splits:
@@ -65,9 +66,9 @@ def train_iterator(config, builder, mesh, start_step: int):
   shards = parallel.local_shards(mesh)
   per_device = train_batch_size(config) // mesh.size
   if builder is None:
-    from mobilenet_jax import synthetic
+    from mobilenet_jax.data import synthetic
     return synthetic.train_batches(config, shards, per_device, start_step)
-  from mobilenet_jax import input_pipeline
+  from mobilenet_jax.data import input_pipeline
   return input_pipeline.train_batches(config, builder, shards, mesh.size,
                                       per_device, start_step)
 
@@ -76,7 +77,7 @@ def steps_per_epoch(config, builder) -> int:
   global_batch = train_batch_size(config)
   if builder is None:
     return 1000  # synthetic data has no epochs; a nominal one for schedules
-  from mobilenet_jax import input_pipeline
+  from mobilenet_jax.data import input_pipeline
   return max(1, input_pipeline.num_examples(builder, config.train_split) // global_batch)
 
 
@@ -93,7 +94,7 @@ def evaluate(eval_fn, state: TrainState, config, builder, mesh) -> Dict[str, flo
   """Loss, top-1 and top-5 over the whole eval split, each example once: the
   raw weights as eval_*, the EMA weights (if kept) as eval_*_ema, both from
   one pass over the data."""
-  from mobilenet_jax import input_pipeline
+  from mobilenet_jax.data import input_pipeline
   weights = {"": state.params}
   if config.ema_decay > 0:
     weights["_ema"] = state.ema_params
@@ -212,7 +213,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   global_batch = train_batch_size(config)
   eval_batch_size(config)  # checked before any work is done
   model = create_model(config)
-  counts = flops.count(config.model, config.image_size)
+  counts = madds.count(config.model, config.image_size)
   manager = checkpoint.create_manager(workdir, config.keep_checkpoints)
 
   # The data decides the epoch length, so it comes before the optimizer;

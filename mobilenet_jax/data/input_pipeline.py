@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from mobilenet_jax import datasets  # noqa: F401  (registers sklearn_digits)
+from mobilenet_jax.data import sklearn_digits  # noqa: F401  (registers sklearn_digits)
 from mobilenet_jax.errors import ConfigError, check_choice
 
 EMBEDDED = ("sklearn_digits",)

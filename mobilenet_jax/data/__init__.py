@@ -1,0 +1,1 @@
+"""Input: TFDS pipelines, the embedded digits builder and a synthetic source."""

@@ -1,0 +1,1 @@
+"""Training: state and steps, optimizers, checkpoints, run identity, the loop."""
