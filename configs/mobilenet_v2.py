@@ -2,10 +2,18 @@
 
   --config configs/mobilenet_v2.py            # 1.0 @ 224
   --config configs/mobilenet_v2.py:0.35_160   # alpha 0.35 at 160 px (rho 0.71)
+
+What changes from configs/default.py: the model is MobileNetV2 with every knob
+at the paper's value (defaults.model_config), trained with the TF-slim
+ImageNet recipe (defaults.imagenet_recipe), at the variant's alpha and size.
 """
 
-from configs import default
+from mobilenet_jax import defaults
 
 
 def get_config(arg="1.0_224"):
-  return default.imagenet_config(default.model_v2(), arg)
+  config = defaults.get_config()
+  config.model = defaults.model_config("mobilenet_v2")
+  defaults.imagenet_recipe(config)
+  config.model.alpha, config.image_size = defaults.parse_variant(arg)
+  return config

@@ -5,14 +5,14 @@ the digits (220 steps of batch 64) instead of the default's 60, evaluated 5
 times so the curves have shape.
 """
 
-from configs import default
+from mobilenet_jax import defaults
 
 EPOCHS = 10
 EVAL_EVERY = 44  # steps: 5 evaluations over 220
 
 
 def base_config():
-  config = default.get_config()
+  config = defaults.get_config()
   config.num_epochs = EPOCHS
   config.eval_every_steps = EVAL_EVERY
   config.checkpoint_every_steps = EVAL_EVERY
@@ -23,7 +23,7 @@ def base_config():
 def model(name: str, **changes):
   """A model config with the default's digits settings (10 classes, BN
   momentum 0.9, no dropout) and `changes`."""
-  m = default.model_v1() if name == "mobilenet_v1" else default.model_v2()
+  m = defaults.model_config(name)
   m.num_classes, m.bn_momentum, m.dropout = 10, 0.9, 0.0
   m.update(changes)
   return m

@@ -29,7 +29,6 @@ import statistics
 import subprocess
 import sys
 import time
-import types
 
 from absl import app, flags
 
@@ -62,21 +61,11 @@ PEER_THP = {"off": (False,), "on": (True,), "both": (False, True)}
 FLAGS = flags.FLAGS
 
 
-def bench_config():
-  """The fields of a training config the step reads; no ml_collections, so
-  the benchmark runs where only JAX is installed."""
-  return types.SimpleNamespace(
-      model={"name": FLAGS.model, "alpha": FLAGS.alpha, "num_classes": 1000},
-      image_size=FLAGS.image_size, dtype=FLAGS.dtype, sync_bn=False,
-      depthwise_impl=FLAGS.depthwise_impl, ema_decay=0.0, label_smoothing=0.0,
-      seed=0)
-
-
 def pipeline_batches(local_batch: int):
   """Batches of the real input pipeline at the benchmark's size."""
-  from configs import default
+  from mobilenet_jax import defaults
   from mobilenet_jax.data import input_pipeline
-  config = default.get_config()
+  config = defaults.get_config()
   config.dataset, config.image_size = FLAGS.dataset, FLAGS.image_size
   builder = input_pipeline.get_builder(config)
   return input_pipeline.train_batches(config, builder, [0], 1, local_batch)
@@ -107,12 +96,12 @@ def prepare_jax() -> tuple:
   from mobilenet_jax import madds, parallel
   from mobilenet_jax.training import steps
 
-  config = bench_config()
+  model_config = {"name": FLAGS.model, "alpha": FLAGS.alpha, "num_classes": 1000}
   mesh = parallel.create_mesh(jax.local_devices())
-  model = steps.create_model(config)
+  model = steps.create_model(model_config, FLAGS.dtype, FLAGS.depthwise_impl)
   tx = optax.rmsprop(0.01, decay=0.9, momentum=0.9)  # the peers' optimizer
-  state = parallel.replicate(steps.create_train_state(config, tx, jax.random.key(0)),
-                             mesh)
+  state = parallel.replicate(steps.create_train_state(
+      model, FLAGS.image_size, tx, jax.random.key(0), ema=False), mesh)
   rng = np.random.default_rng(0)
   size = FLAGS.image_size
   batch = {"image": rng.standard_normal((FLAGS.batch_size, size, size, 3), np.float32),
@@ -124,12 +113,13 @@ def prepare_jax() -> tuple:
             "backend": jax.default_backend(), "device_kind": device.device_kind,
             "num_devices": mesh.size, "jax": jax.__version__,
             "hugepages": hugepages.active(), "rounds": FLAGS.rounds,
-            "madds": madds.count(config.model, size)["madds"]}
+            "madds": madds.count(model_config, size)["madds"]}
   timers, holder = {}, [state]  # the latest state: training donates the previous one
 
   if FLAGS.mode in ("train", "both"):
     step = parallel.data_parallel(
-        functools.partial(steps.train_step, model=model, tx=tx, config=config),
+        functools.partial(steps.train_step, model=model, tx=tx, label_smoothing=0.0,
+                          ema_decay=0.0),
         mesh, donate_state=True)
     t = time.perf_counter()
     step = step.lower(state, device_batch).compile()

@@ -1,6 +1,6 @@
 """Analytic parameter and multiply-add counts, layer by layer.
 
-Counting convention (V1 paper, Section 3; the seed notes' formula): a k x k
+Counting convention (V1 paper, Section 3; docs/conformance.md): a k x k
 convolution from c_in to c_out channels in `groups` groups on an h x w output
 map costs k*k*(c_in/groups)*c_out*h*w multiply-adds, so a depthwise conv costs
 k*k*c*h*w and a pointwise conv c_in*c_out*h*w; a dense layer c_in*c_out.
@@ -17,7 +17,7 @@ import math
 from typing import List, Tuple
 
 from mobilenet_jax.models import get_model, mobilenet_v1, mobilenet_v2
-from mobilenet_jax.models.common import check_image_size
+from mobilenet_jax.models.base import check_image_size
 from mobilenet_jax.models.layers import expanded_channels
 
 

@@ -17,8 +17,7 @@ import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
-from mobilenet_jax import cli, parallel
-from mobilenet_jax.training import loop
+from mobilenet_jax import cli, defaults, parallel
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
@@ -42,7 +41,9 @@ def main(argv):
                                   FLAGS.process_id, FLAGS.distributed,
                                   FLAGS.distributed_timeout_s,
                                   FLAGS.heartbeat_timeout_s)
+  defaults.validate(FLAGS.config)  # one line for a bad value, before anything runs
   logging.info("Config:\n%s", FLAGS.config)
+  from mobilenet_jax.training import loop  # TensorFlow (clu, TFDS) only past the checks
   try:
     loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (loop.TrainingError, loop.Preempted) as e:

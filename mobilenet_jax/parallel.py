@@ -148,7 +148,7 @@ def replicate(tree, mesh):
 
 
 def data_parallel(step: Callable, mesh, donate_state: bool = False) -> Callable:
-  """jit(shard_map(step)) for step(state, batch) -> (state, metrics).
+  """jit(shard_map(step)) for step(state, batch) -> outputs (any pytree).
 
   `state` is replicated, `batch` split over DATA; the outputs are replicated,
   so `step` must make them equal on every device (pmean / psum). shard_map
@@ -157,5 +157,5 @@ def data_parallel(step: Callable, mesh, donate_state: bool = False) -> Callable:
   are transposed correctly).
   """
   sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(DATA)),
-                          out_specs=(P(), P()))
+                          out_specs=P())
   return jax.jit(sharded, donate_argnums=(0,) if donate_state else ())

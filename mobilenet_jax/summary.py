@@ -11,7 +11,7 @@ import json
 from absl import flags
 from ml_collections import config_flags
 
-from mobilenet_jax import cli, madds
+from mobilenet_jax import cli, defaults, madds
 
 config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
@@ -58,6 +58,7 @@ def format_table(rows, totals) -> str:
 def main(argv):
   del argv
   config = flags.FLAGS.config
+  defaults.validate(config)
   layer_list = madds.layers(config.model, config.image_size)
   totals = madds.totals(layer_list)
   if flags.FLAGS.json:

@@ -16,10 +16,10 @@ sys.path.insert(0, ROOT)
 import pytest
 
 SMALL_CONFIG = """
-from configs import default
+from mobilenet_jax import defaults
 
 def get_config():
-  config = default.get_config()
+  config = defaults.get_config()
   config.model.blocks = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2))
   config.depthwise_impl = "lax"  # compiles faster; the loop is what is tested
   config.per_device_batch_size = 4

@@ -48,7 +48,7 @@ def eval_set(run):
   workdir, config = run
   builder = input_pipeline.get_builder(config)
   images, labels = input_pipeline.first_examples(config, builder, config.eval_split, 10_000)
-  state, _ = checkpoint.restore_on_host(workdir)
+  state, _, _ = checkpoint.restore_on_one_device(workdir)
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
   logits = np.asarray(get_model(config.model).apply(variables, images, train=False))
   return images, labels, logits
@@ -83,7 +83,7 @@ def test_int8_agrees_with_jax_on_top1_for_99_percent_of_the_eval_set(run, eval_s
   assert len(images) == 360
   assert np.mean(exported.argmax(-1) == logits.argmax(-1)) >= 0.99
   # Really quantised: int8 weights take well under half of the float32 bytes.
-  state, _ = checkpoint.restore_on_host(workdir)
+  state, _, _ = checkpoint.restore_on_one_device(workdir)
   float_mb = sum(np.size(x) for x in jax.tree.leaves(state["params"])) * 4 / 2**20
   assert report["size_mb"] < 0.4 * float_mb
   runner = tf_export.interpreter(open(out, "rb").read())

@@ -157,13 +157,14 @@ def test_converted_keras_weights_evaluate_through_main_as_keras_predicts(tmp_pat
 
 def test_convert_refuses_a_keras_model_the_config_does_not_describe(tmp_path):
   from configs import default
+  from mobilenet_jax import defaults
   from mobilenet_jax.errors import ConfigError
   from mobilenet_jax.interop.keras import convert_to_checkpoint
   keras_model("mobilenet_v1", 0.25, 32, classes=10).save(str(tmp_path / "v1.keras"))
   config = default.get_config()  # a MobileNetV2
   with pytest.raises(ConfigError, match="model: 'MobileNetV1' there, 'MobileNetV2' here"):
     convert_to_checkpoint(str(tmp_path / "v1.keras"), config, str(tmp_path / "out"))
-  config.model = default.model_v1()
+  config.model = defaults.model_config("mobilenet_v1")
   config.model.num_classes = 10
   with pytest.raises(ConfigError, match="alpha: 0.25 there, 1.0 here"):
     convert_to_checkpoint(str(tmp_path / "v1.keras"), config, str(tmp_path / "out"))

@@ -69,10 +69,10 @@ def test_two_processes_equal_one_process_with_four_devices(
        "--workdir", str(tmp_path), *OVERRIDES], cwd=ROOT,
       env=launch.process_env(4), capture_output=True, text=True)
   assert code.returncode == 0, code.stderr[-3000:]
-  two, one = (checkpoint.restore_on_host(str(d), COMPARED)[0]
+  two, one = (checkpoint.restore_on_one_device(str(d), COMPARED)[0]
               for d in (two_processes, tmp_path))
   states_close(two, one, atol=1e-6)
-  later = checkpoint.restore_on_host(str(two_processes), COMPARED + 2)[0]
+  later = checkpoint.restore_on_one_device(str(two_processes), COMPARED + 2)[0]
   moved = max(float(np.max(np.abs(x - y))) for x, y in zip(
       jax.tree.leaves(later["params"]), jax.tree.leaves(two["params"])))
   assert moved > 1e-3  # the tolerance is far below what two steps change
@@ -112,8 +112,8 @@ def test_killed_process_stops_the_other_and_both_resume(
   codes, outputs = run_job(tmp_path, small_config_file)
   assert codes == [0, 0], "\n".join(o[-3000:] for o in outputs)
   assert all("Resumed from step" in o for o in outputs)
-  resumed = checkpoint.restore_on_host(str(tmp_path))[0]
-  straight = checkpoint.restore_on_host(str(two_processes))[0]
+  resumed = checkpoint.restore_on_one_device(str(tmp_path))[0]
+  straight = checkpoint.restore_on_one_device(str(two_processes))[0]
   states_close(resumed, straight, atol=0)
   ra, rb = (json.load(open(d / "results.json")) for d in (two_processes, tmp_path))
   assert ra["history"] == rb["history"]

@@ -20,7 +20,7 @@ import tensorflow_datasets as tfds
 
 from configs import default, mobilenet_v2
 from mobilenet_jax import parallel
-from mobilenet_jax.training import checkpoint, loop, optim, steps
+from mobilenet_jax.training import checkpoint, loop, optim, run, steps
 from mobilenet_jax.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,11 +60,13 @@ def test_imagenet_config_trains_on_mock_data(tmp_path):
 def trainer(config, devices, sync_bn, tx=optax.sgd(0.03), state=None):
   """A function batch -> state after `steps` steps from `state` (default: init)."""
   mesh = parallel.create_mesh(devices)
-  model = steps.create_model(config, sync_bn=sync_bn)
+  model = steps.create_model(config.model, config.dtype, config.depthwise_impl, sync_bn)
   if state is None:
-    state = steps.create_train_state(config, tx, jax.random.key(0))
+    state = initial_state(config, tx)
   step = parallel.data_parallel(
-      functools.partial(steps.train_step, model=model, tx=tx, config=config), mesh)
+      functools.partial(steps.train_step, model=model, tx=tx,
+                        label_smoothing=config.label_smoothing, ema_decay=config.ema_decay),
+      mesh)
   state = parallel.replicate(state, mesh)
 
   def run(batch, n=2):
@@ -74,6 +76,12 @@ def trainer(config, devices, sync_bn, tx=optax.sgd(0.03), state=None):
       losses.append(float(metrics["loss"]))
     return jax.device_get(s), losses
   return run
+
+
+def initial_state(config, tx, seed=0):
+  _, eval_model = steps.config_models(config)
+  return steps.create_train_state(eval_model, config.image_size, tx, jax.random.key(seed),
+                                  ema=config.ema_decay > 0)
 
 
 def batch_of(n, seed=0, size=32):
@@ -110,7 +118,7 @@ def test_data_parallel_batch_norm_1_vs_4_devices():
   quarter = batch_of(4, seed=1, size=64)
   same = jax.tree.map(lambda x: np.concatenate([x] * 4), quarter)
   devices = jax.devices()
-  start = jax.device_get(steps.create_train_state(config, optax.sgd(0.03), jax.random.key(0)))
+  start = jax.device_get(initial_state(config, optax.sgd(0.03)))
 
   sync = trainer(config, devices, True, state=start)
   local = trainer(config, devices, False, state=start)
@@ -146,7 +154,7 @@ RESUME = ["--config.num_train_steps=12", "--config.checkpoint_every_steps=4",
 
 
 def final_state(workdir):
-  return checkpoint.restore_on_host(str(workdir))[0]
+  return checkpoint.restore_on_one_device(str(workdir))[0]
 
 
 def test_sigkill_then_resume_is_bit_identical(tmp_path, small_config_file):
@@ -216,7 +224,7 @@ def test_nonfinite_loss_stops_with_the_step_and_keeps_checkpoints(tmp_path):
 def test_different_model_in_workdir_refuses_to_resume(tmp_path, small_config_file):
   config = runpy.run_path(small_config_file)["get_config"]()
   manager = checkpoint.create_manager(str(tmp_path), 1)
-  checkpoint.save(manager, 5, {"x": np.zeros(3)}, {"identity": loop.model_identity(config)})
+  checkpoint.save(manager, 5, {"x": np.zeros(3)}, run.new_meta(config))
   code, err = main(tmp_path, small_config_file, "--config.num_train_steps=2",
                    "--config.model.alpha=0.75")
   assert code != 0
@@ -233,13 +241,13 @@ def warm_start_setup(tmp_path, num_classes):
   config = tiny(default.get_config())
   config.model.blocks = SMALL_BLOCKS
   tx, _ = optim.create_optimizer(config, 10, 100)
-  state = steps.create_train_state(config, tx, jax.random.key(0))
+  state = initial_state(config, tx)
   source = config.copy_and_resolve_references()
   source.model.num_classes = num_classes
-  other = steps.create_train_state(source, tx, jax.random.key(1))
+  other = initial_state(source, tx, seed=1)
   saved = jax.tree.map(lambda x: x + 1, {"params": other.params,
                                          "batch_stats": other.batch_stats})
-  checkpoint.save_weights(str(tmp_path / "weights"), saved, {"identity": {}})
+  checkpoint.save_weights(str(tmp_path / "weights"), saved, source)
   config.init_from = str(tmp_path / "weights")
   return config, tx, state, saved
 
@@ -258,7 +266,7 @@ def test_init_from_loads_every_weight_and_a_new_head_for_another_class_count(tmp
 def test_init_from_of_another_width_is_a_clear_error(tmp_path):
   config, tx, state, _ = warm_start_setup(tmp_path, num_classes=10)
   config.model.alpha = 0.5
-  other = steps.create_train_state(config, tx, jax.random.key(0))
+  other = initial_state(config, tx)
   with pytest.raises(ConfigError, match="another architecture: .* has shape"):
     loop.warm_start(other, config, tx)
 
@@ -266,7 +274,9 @@ def test_init_from_of_another_width_is_a_clear_error(tmp_path):
 def test_converted_weights_are_not_resumed_as_a_run(tmp_path):
   config, tx, state, _ = warm_start_setup(tmp_path, num_classes=10)
   manager = checkpoint.create_manager(config.init_from, 2)
+  step, meta = checkpoint.latest_meta(manager)
+  assert step == 0
   with pytest.raises(ConfigError, match="holds converted weights, not a training run"):
-    checkpoint.restore(manager, state, loop.model_identity(config))
+    run.check_resumable(meta, config, config.init_from)
   with pytest.raises(ConfigError, match="already holds a checkpoint"):
-    checkpoint.save_weights(config.init_from, {}, {})
+    checkpoint.save_weights(config.init_from, {}, config)

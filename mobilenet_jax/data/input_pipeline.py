@@ -25,13 +25,11 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mobilenet_jax.data import sklearn_digits  # noqa: F401  (registers sklearn_digits)
+from mobilenet_jax.defaults import EVAL_PREPROCESS, TRAIN_AUGMENT
 from mobilenet_jax.errors import ConfigError, check_choice
 
-EMBEDDED = ("sklearn_digits",)
 CROP_FRACTION = 0.875  # evaluation central crop (Inception / TF-slim)
 CACHE_LIMIT_BYTES = 2 << 30  # keep decoded datasets below this in memory
-TRAIN_AUGMENT = ("inception", "small", "none")
-EVAL_PREPROCESS = ("center_crop", "resize")
 
 
 @contextlib.contextmanager

@@ -223,19 +223,6 @@ def keras_counterpart(model_config: Dict[str, Any], image_size: int):
 
 # -------------------------------------------------- to a checkpoint -------
 
-def check_same_architecture(converted, wanted, path: str):
-  """The Keras file's network must be the config's, knob for knob."""
-  from mobilenet_jax.training.checkpoint import describe_difference
-  from mobilenet_jax.models import architecture
-  have, want = architecture(converted), architecture(wanted)
-  if type(converted) is not type(wanted):
-    have, want = {"model": type(converted).__name__}, {"model": type(wanted).__name__}
-  if have != want:
-    raise ConfigError(f"{path} is not the config's model ({describe_difference(have, want)}); "
-                      "pass the config of the architecture the file was saved with. "
-                      "Nothing was written.")
-
-
 def max_abs_difference(keras_model, model, variables, image_size: int) -> float:
   """Largest difference of Keras' and the converted model's outputs on a
   random batch (softmax outputs if the Keras model ends in a softmax)."""
@@ -251,19 +238,14 @@ def convert_to_checkpoint(path: str, config, out: str) -> float:
   """Writes the Keras file's weights for `config`'s model as a checkpoint in
   `out` (for --config.init_from and export); returns the largest output
   difference between the Keras model and the converted one."""
-  from mobilenet_jax.training import checkpoint
   from mobilenet_jax.models import get_model
-  from mobilenet_jax.training.loop import as_json, model_identity
+  from mobilenet_jax.training import checkpoint, run
   m = config.model
   keras_model = load_keras_file(path, m.name, m.alpha, config.image_size,
                                 m.num_classes, m.include_top)
   model, variables = from_keras(keras_model)
-  check_same_architecture(model, get_model(config.model), path)
+  run.check_same_architecture(model, get_model(config.model), path)
   diff = max_abs_difference(keras_model, model, variables, config.image_size)
-  checkpoint.save_weights(out, variables, {
-      "identity": model_identity(config),
-      "config": as_json(config.to_dict()),
-      "source": os.path.abspath(path),
-      "keras_max_abs_difference": diff,
-  })
+  checkpoint.save_weights(out, variables, config, source=os.path.abspath(path),
+                          keras_max_abs_difference=diff)
   return diff

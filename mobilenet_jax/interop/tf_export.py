@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 
 from mobilenet_jax import peers
-from mobilenet_jax.training import checkpoint
+from mobilenet_jax.training import checkpoint, run
 from mobilenet_jax.errors import ConfigError
 
 FORMATS = ("tflite", "saved_model")
@@ -41,12 +41,9 @@ FORMATS = ("tflite", "saved_model")
 
 def load_run(workdir: str, step: Optional[int] = None):
   """(model config, image size, run config or None, variables) of a checkpoint."""
-  state, meta, _ = checkpoint.restore_with_meta(workdir, step)
-  identity = meta["identity"]
-  model_config = {k[len("model."):]: v for k, v in identity.items()
-                  if k.startswith("model.")}
+  state, meta, _ = checkpoint.restore_on_one_device(workdir, step)
   config = meta.get("config")
-  return (model_config, identity["image_size"],
+  return (run.model_config(meta), run.image_size(meta),
           ml_collections.ConfigDict(config) if config else None,
           {"params": state["params"], "batch_stats": state["batch_stats"]})
 

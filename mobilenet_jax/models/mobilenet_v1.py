@@ -4,15 +4,13 @@ Table 1 of the paper as (pointwise channels c, stride s) per depthwise
 separable block, after a 3x3 stride-2 stem conv with 32 channels.
 """
 
-from typing import Any, Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from mobilenet_jax.errors import ConfigError
-from mobilenet_jax.models.common import (check_image_size, classifier_head,
-                                         validate_common)
-from mobilenet_jax.models.layers import ConvBN, SeparableBlock, bn_settings
+from mobilenet_jax.models.base import MobileNet, check_image_size, training_knob
+from mobilenet_jax.models.layers import ConvBN, FullConvBlock, SeparableBlock
 
 STEM_CHANNELS = 32
 # (c, s): output channels and stride of each depthwise separable block.
@@ -48,40 +46,24 @@ def block_plan(blocks, shallow: bool):
           if not (shallow and i in SHALLOW_REMOVED)]
 
 
-class MobileNetV1(nn.Module):
-  """MobileNet V1 with the paper's knobs.
+class MobileNetV1(MobileNet):
+  """MobileNet V1 with the paper's knobs (and those of `MobileNet`).
 
   Attributes:
-    num_classes: classifier outputs.
-    alpha: width multiplier, > 0; channels are int(c * alpha) (Keras).
-    depth_multiplier: channel multiplier of every depthwise conv.
+    alpha: width multiplier; channels are int(c * alpha) (Keras).
     dropout: dropout rate before the classifier (Keras default 1e-3).
-    include_top: False returns the last feature map (as Keras does).
+    depth_multiplier: channel multiplier of every depthwise conv.
     conv_type: "separable" (the paper) or "full" (Table 4's Conv MobileNet).
     shallow: drop the five 14x14x512 blocks (Table 5's Shallow MobileNet).
     blocks: the (c, s) table; replace it from config to change the network.
-    bn_momentum, bn_epsilon: batch norm running-average decay and epsilon.
-    bn_axis_name: mesh axis to average batch statistics over (sync BN).
-    dtype: computation dtype (parameters stay float32).
-  The resolution multiplier rho is the input size / 224.
   """
-  num_classes: int = 1000
-  alpha: float = 1.0
+  dropout: float = training_knob(1e-3)
   depth_multiplier: int = 1
-  dropout: float = 1e-3
-  include_top: bool = True
   conv_type: str = "separable"
   shallow: bool = False
   blocks: Sequence[Tuple[int, int]] = BLOCKS
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-3
-  bn_axis_name: Optional[str] = None  # set by the trainer for synchronised BN
-  depthwise_impl: str = "auto"  # "auto" | "lax" | "shift" (models/depthwise.py)
-  pointwise_impl: str = "dot"   # "dot" | "conv" (layers.Pointwise)
-  dtype: Any = jnp.float32
 
   def __post_init__(self):
-    validate_common(self)
     if self.conv_type not in CONV_TYPES:
       raise ConfigError(f"model.conv_type={self.conv_type!r} is not valid; "
                         f"choose one of {CONV_TYPES}.")
@@ -93,13 +75,16 @@ class MobileNetV1(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     check_image_size(min(x.shape[1:3]), "MobileNetV1")
-    bn = bn_settings(self)
+    settings = self.layer_settings()
     x = x.astype(self.dtype)
     x = ConvBN(width(STEM_CHANNELS, self.alpha), 3, 2, stride2_padding(2),
-               **bn, name="stem")(x, train)
+               settings=settings, name="stem")(x, train)
     for i, c, s in block_plan(self.blocks, self.shallow):
-      x = SeparableBlock(width(c, self.alpha), s, self.depth_multiplier,
-                         full=self.conv_type == "full",
-                         padding=stride2_padding(s), **bn,
-                         name=f"block_{i}")(x, train)
-    return classifier_head(self, x, train)
+      if self.conv_type == "full":
+        block = FullConvBlock(width(c, self.alpha), s, stride2_padding(s),
+                              settings=settings, name=f"block_{i}")
+      else:
+        block = SeparableBlock(width(c, self.alpha), s, self.depth_multiplier,
+                               stride2_padding(s), settings=settings, name=f"block_{i}")
+      x = block(x, train)
+    return self.classifier_head(x, train)

@@ -6,16 +6,13 @@ with stride s. It follows a 3x3 stride-2 stem conv with 32 channels and is
 followed by a 1x1 conv to 1280 channels.
 """
 
-from typing import Any, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from mobilenet_jax.errors import ConfigError, check_choice
-from mobilenet_jax.models.common import (check_image_size, classifier_head,
-                                         validate_common)
-from mobilenet_jax.models.layers import (ACTIVATIONS, ConvBN, InvertedResidual,
-                                         bn_settings)
+from mobilenet_jax.models.base import MobileNet, check_image_size, training_knob
+from mobilenet_jax.models.layers import ACTIVATIONS, ConvBN, InvertedResidual
 
 STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280
@@ -68,41 +65,25 @@ def block_plan(blocks, expansion: Optional[float]):
   return plan
 
 
-class MobileNetV2(nn.Module):
-  """MobileNetV2 with the paper's knobs.
+class MobileNetV2(MobileNet):
+  """MobileNetV2 with the paper's knobs (and those of `MobileNet`).
 
   Attributes:
-    num_classes: classifier outputs.
-    alpha: width multiplier, > 0; channels are make_divisible(c * alpha, 8).
+    alpha: width multiplier; channels are make_divisible(c * alpha, 8).
+    dropout: dropout rate before the classifier (TF-slim's 0.2).
     expansion: if set, the expansion ratio t of every block with t != 1.
     bottleneck_activation: after the 1x1 projection: "linear" (the paper),
       "relu6" or "relu" (Figure 6a).
     shortcut: "bottleneck" (the paper), "expansion" or "none" (Figure 6b).
-    dropout: dropout rate before the classifier (TF-slim uses 0.2).
-    include_top: False returns the last feature map (as Keras does).
     blocks: the (t, c, n, s) table; replace it from config.
-    bn_momentum, bn_epsilon: batch norm running-average decay and epsilon.
-    bn_axis_name: mesh axis to average batch statistics over (sync BN).
-    dtype: computation dtype (parameters stay float32).
-  The resolution multiplier rho is the input size / 224.
   """
-  num_classes: int = 1000
-  alpha: float = 1.0
+  dropout: float = training_knob(0.2)
   expansion: Optional[float] = None
   bottleneck_activation: str = "linear"
   shortcut: str = "bottleneck"
-  dropout: float = 0.0
-  include_top: bool = True
   blocks: Sequence[Tuple[float, int, int, int]] = BLOCKS
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-3
-  bn_axis_name: Optional[str] = None  # set by the trainer for synchronised BN
-  depthwise_impl: str = "auto"  # "auto" | "lax" | "shift" (models/depthwise.py)
-  pointwise_impl: str = "dot"   # "dot" | "conv" (layers.Pointwise)
-  dtype: Any = jnp.float32
 
   def __post_init__(self):
-    validate_common(self)
     check_choice("model.bottleneck_activation", self.bottleneck_activation,
                  tuple(ACTIVATIONS))
     check_choice("model.shortcut", self.shortcut, SHORTCUTS)
@@ -114,14 +95,14 @@ class MobileNetV2(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     check_image_size(min(x.shape[1:3]), "MobileNetV2")
-    bn = bn_settings(self)
+    settings = self.layer_settings()
     x = x.astype(self.dtype)
-    x = ConvBN(make_divisible(STEM_CHANNELS * self.alpha), 3, 2, "SAME", **bn,
-               name="stem")(x, train)
+    x = ConvBN(make_divisible(STEM_CHANNELS * self.alpha), 3, 2, "SAME",
+               settings=settings, name="stem")(x, train)
     expansion = None  # the first block (t = 1) has no expansion layer
     for i, (t, c, s) in enumerate(block_plan(self.blocks, self.expansion)):
       x, expansion = InvertedResidual(
           block_channels(c, self.alpha), t, s, self.bottleneck_activation,
-          self.shortcut, **bn, name=f"block_{i}")(x, expansion, train)
-    x = ConvBN(head_channels(self.alpha), 1, **bn, name="head")(x, train)
-    return classifier_head(self, x, train)
+          self.shortcut, settings=settings, name=f"block_{i}")(x, expansion, train)
+    x = ConvBN(head_channels(self.alpha), 1, settings=settings, name="head")(x, train)
+    return self.classifier_head(x, train)

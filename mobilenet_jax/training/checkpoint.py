@@ -2,7 +2,7 @@
 
 Orbax writes each step to a temporary directory and renames it when complete,
 so an interrupted save (SIGKILL, full disk) never leaves a checkpoint that
-restores to garbage: the latest complete step is what `restore` finds.
+restores to garbage: the latest complete step is what `latest_meta` finds.
 """
 
 import os
@@ -14,8 +14,8 @@ from etils import epath
 import orbax.checkpoint as ocp
 
 from mobilenet_jax.errors import ConfigError
+from mobilenet_jax.training import run
 
-WEIGHTS = "weights"  # meta["kind"] of a checkpoint that holds only variables
 
 
 def create_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
@@ -31,53 +31,37 @@ def save(manager: ocp.CheckpointManager, step: int, state, meta: dict):
   manager.wait_until_finished()
 
 
-def describe_difference(saved: dict, wanted: dict) -> str:
-  keys = sorted(set(saved) | set(wanted))
-  return ", ".join(f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} here"
-                   for k in keys if saved.get(k) != wanted.get(k))
-
-
-def restore(manager: ocp.CheckpointManager, abstract_state,
-            identity: dict) -> Tuple[Optional[Any], Optional[dict]]:
-  """(state, meta) of the latest checkpoint, or (None, None) if there is none.
-
-  `identity` names the model; a checkpoint of another model is refused.
-  """
+def latest_meta(manager: ocp.CheckpointManager) -> Tuple[Optional[int], Optional[dict]]:
+  """(step, meta) of the latest checkpoint, or (None, None) if there is none."""
   step = manager.latest_step()
   if step is None:
     return None, None
-  meta = manager.restore(step, args=ocp.args.Composite(
+  return step, manager.restore(step, args=ocp.args.Composite(
       meta=ocp.args.JsonRestore()))["meta"]
-  workdir = os.path.dirname(str(manager.directory))
-  if meta.get("kind") == WEIGHTS:
-    raise ConfigError(
-        f"{workdir} holds converted weights, not a training run; start from "
-        f"them with --config.init_from={workdir} and a new --workdir.")
-  if meta.get("identity") != identity:
-    raise ConfigError(
-        f"the workdir {workdir} holds a checkpoint "
-        f"of a different model ({describe_difference(meta.get('identity', {}), identity)}); "
-        "use a new --workdir, or delete its checkpoints/ to start over.")
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state)))
-  return restored["state"], meta
 
 
-def save_weights(workdir: str, variables: dict, meta: dict):
-  """Writes `variables` ({"params", "batch_stats"}) as a step-0 checkpoint
-  that --config.init_from and export read, marked so that it is never
-  mistaken for a training run to resume."""
+def restore_state(manager: ocp.CheckpointManager, step: int, abstract_state):
+  """The train state of `step`, laid out as `abstract_state` (sharding included)."""
+  return manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state)))["state"]
+
+
+def save_weights(workdir: str, variables: dict, config, **source):
+  """Writes `variables` ({"params", "batch_stats"}) of `config`'s model as a
+  step-0 checkpoint that --config.init_from and export read, with metadata
+  that marks it as never to be resumed as a training run (`run.weights_meta`;
+  `source` says where the weights came from)."""
   manager = create_manager(workdir, keep=1)
   if manager.latest_step() is not None:
     raise ConfigError(f"{workdir} already holds a checkpoint; choose a new --out "
                       "(nothing there was changed).")
-  save(manager, 0, variables, dict(meta, kind=WEIGHTS))
+  save(manager, 0, variables, run.weights_meta(config, **source))
 
 
-def restore_with_meta(workdir: str, step: Optional[int] = None) -> Tuple[dict, dict, int]:
+def restore_on_one_device(workdir: str, step: Optional[int] = None) -> Tuple[dict, dict, int]:
   """(state as a dict of arrays on this host's first device, meta, step) of a
   run's checkpoint, whatever mesh or process count saved it: for export,
-  conversion and inspection. The latest step unless `step` is given."""
+  warm starts and inspection. The latest step unless `step` is given."""
   directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
   manager = ocp.CheckpointManager(directory)
   step = manager.latest_step() if step is None else step
@@ -92,12 +76,6 @@ def restore_with_meta(workdir: str, step: Optional[int] = None) -> Tuple[dict, d
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
   return restored["state"], restored["meta"], step
-
-
-def restore_on_host(workdir: str, step: Optional[int] = None) -> Tuple[dict, int]:
-  """(state, step): restore_with_meta without the meta."""
-  state, _, step = restore_with_meta(workdir, step)
-  return state, step
 
 
 def merge_weights(fresh: dict, saved: dict, source: str, keep_fresh: str = "classifier"):

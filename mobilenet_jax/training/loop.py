@@ -21,11 +21,11 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 
-from mobilenet_jax import madds, parallel
-from mobilenet_jax.training import checkpoint, optim
+from mobilenet_jax import defaults, madds, parallel
+from mobilenet_jax.training import checkpoint, optim, run
 from mobilenet_jax.errors import ConfigError
-from mobilenet_jax.training.steps import (TrainState, create_model, create_train_state,
-                                 eval_step, state_from, train_step)
+from mobilenet_jax.training.steps import (TrainState, config_models, create_train_state,
+                                          eval_step, state_from, train_step)
 
 
 class TrainingError(RuntimeError):
@@ -105,7 +105,7 @@ def evaluate(eval_fn, state: TrainState, config, builder, mesh) -> Dict[str, flo
   for batch in input_pipeline.eval_batches(config, builder, local, steps):
     batch = parallel.shard_batch(batch, mesh)
     for suffix, params in weights.items():
-      _, sums = eval_fn({"params": params, "batch_stats": state.batch_stats}, batch)
+      sums = eval_fn({"params": params, "batch_stats": state.batch_stats}, batch)
       totals[suffix] = (sums if suffix not in totals
                         else jax.tree.map(jnp.add, totals[suffix], sums))
   out = {}
@@ -124,13 +124,13 @@ def warm_start(state: TrainState, config, tx) -> TrainState:
   """`state` with the weights of config.init_from (the workdir of a run or of
   `convert`) and a fresh optimizer; the classifier stays new if the class
   count differs (fine-tuning)."""
-  saved, step = checkpoint.restore_on_host(config.init_from)
+  saved, _, step = checkpoint.restore_on_one_device(config.init_from)
   params, kept = checkpoint.merge_weights(state.params, saved["params"], config.init_from)
   stats, _ = checkpoint.merge_weights(state.batch_stats, saved.get("batch_stats", {}),
                                       config.init_from)
   logging.info("Initialised from step %d of %s%s.", step, config.init_from,
                f"; new (not loaded): {', '.join(kept)}" if kept else "")
-  return state_from(params, stats, config, tx, state.rng)
+  return state_from(params, stats, tx, state.rng, ema=config.ema_decay > 0)
 
 
 def check_eval_only(config, builder, manager):
@@ -146,19 +146,6 @@ def check_eval_only(config, builder, manager):
 
 
 # ------------------------------------------------------------ bookkeeping ---
-
-def model_identity(config) -> dict:
-  """What a checkpoint must agree on to be resumed by this config, flat and
-  as JSON stores it (tuples become lists)."""
-  flat = flax.traverse_util.flatten_dict(
-      {"model": config.model.to_dict(), "image_size": config.image_size}, sep=".")
-  return as_json(flat)
-
-
-def as_json(tree):
-  """`tree` as JSON gives it back (tuples become lists): what meta stores."""
-  return json.loads(json.dumps(tree))
-
 
 def first_bad_step(losses: List[jax.Array], first_step: int) -> Optional[int]:
   values = np.asarray(jax.device_get(losses))
@@ -203,6 +190,7 @@ class SigtermFlag:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains config's model on config's data, evaluating; returns the results."""
+  defaults.validate(config)  # before anything is written
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
   log_handler = add_log_file(workdir)
@@ -212,7 +200,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = parallel.create_mesh()
   global_batch = train_batch_size(config)
   eval_batch_size(config)  # checked before any work is done
-  model = create_model(config)
+  model, eval_model = config_models(config)
   counts = madds.count(config.model, config.image_size)
   manager = checkpoint.create_manager(workdir, config.keep_checkpoints)
 
@@ -223,15 +211,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   per_epoch = steps_per_epoch(config, builder)
   num_steps = total_steps(config, per_epoch)
   tx, schedule = optim.create_optimizer(config, per_epoch, num_steps)
-  state = create_train_state(config, tx, jax.random.key(config.seed))
+  state = create_train_state(eval_model, config.image_size, tx, jax.random.key(config.seed),
+                             ema=config.ema_decay > 0)
   if config.init_from and manager.latest_step() is None:
     state = warm_start(state, config, tx)
   state = parallel.replicate(state, mesh)
-  restored, meta = checkpoint.restore(manager, state, model_identity(config))
-  meta = meta or {"identity": model_identity(config), "history": [], "train_time_s": 0.0,
-                  "config": as_json(config.to_dict())}
-  if restored is not None:
-    state = restored
+  saved_step, meta = checkpoint.latest_meta(manager)
+  if saved_step is None:
+    meta = run.new_meta(config)
+  else:
+    run.check_resumable(meta, config, workdir)
+    state = checkpoint.restore_state(manager, saved_step, state)
     logging.info("Resumed from step %d in %s.", int(state.step), workdir)
   start_step = int(state.step)
   if start_step == 0 and is_main:
@@ -241,10 +231,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_iter = train_iterator(config, builder, mesh, start_step)
 
   p_train = parallel.data_parallel(
-      functools.partial(train_step, model=model, tx=tx, config=config), mesh,
-      donate_state=True)
+      functools.partial(train_step, model=model, tx=tx,
+                        label_smoothing=config.label_smoothing, ema_decay=config.ema_decay),
+      mesh, donate_state=True)
   p_eval = parallel.data_parallel(
-      functools.partial(eval_step, model=create_model(config, sync_bn=False)), mesh)
+      functools.partial(eval_step, model=eval_model), mesh)
 
   if config.eval_only:  # the loop below then does nothing
     num_steps = start_step

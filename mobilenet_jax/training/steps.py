@@ -5,7 +5,7 @@ them global. No TensorFlow or clu here, so benchmarks and GPU machines
 without TF can import this.
 """
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import flax
 import jax
@@ -24,43 +24,54 @@ class TrainState(flax.struct.PyTreeNode):
   params: Any
   batch_stats: Any
   opt_state: Any
-  ema_params: Any  # {} when config.ema_decay == 0
+  ema_params: Any  # {} without an EMA
   rng: jax.Array
 
 
 # ----------------------------------------------------------------- model ---
 
-def create_model(config, sync_bn: Optional[bool] = None):
-  """The configured network; with sync BN it averages statistics over DATA."""
-  check_choice("dtype", config.dtype, ("float32", "bfloat16"))
-  sync = config.sync_bn if sync_bn is None else sync_bn
-  return get_model(config.model, dtype=jnp.dtype(config.dtype),
-                   bn_axis_name=DATA if sync else None,
-                   depthwise_impl=config.depthwise_impl)
+def create_model(model_config, dtype: str = "float32", depthwise_impl: str = "auto",
+                 sync_bn: bool = False):
+  """The network, as training, evaluation, init and benchmarks all build it:
+  `model_config` (config.model), the compute dtype, the depthwise
+  implementation, and with sync BN statistics averaged over DATA."""
+  check_choice("dtype", dtype, ("float32", "bfloat16"))
+  return get_model(model_config, dtype=jnp.dtype(dtype),
+                   bn_axis_name=DATA if sync_bn else None,
+                   depthwise_impl=depthwise_impl)
+
+
+def config_models(config):
+  """(train model, eval model) of a training config. Evaluation never syncs
+  BN: it uses the running averages."""
+  def build(sync_bn):
+    return create_model(config.model, config.dtype, config.depthwise_impl, sync_bn)
+  return build(config.sync_bn), build(False)
 
 
 def initialize(model, image_size: int, rng):
-  """Parameters and batch statistics for one image of `image_size`."""
+  """Parameters and batch statistics for one image of `image_size`. A sync-BN
+  model names a mesh axis, which exists only inside shard_map: init a model
+  without it (the variables are the same)."""
+  model = model.clone(bn_axis_name=None)
   variables = jax.jit(model.init)(rng, jnp.zeros((1, image_size, image_size, 3)))
   return variables["params"], variables.get("batch_stats", {})
 
 
-def create_train_state(config, tx, rng) -> TrainState:
-  """Initial state. Initialised with the plain model: a sync-BN model names a
-  mesh axis, which exists only inside shard_map; the variables are the same."""
+def create_train_state(model, image_size: int, tx, rng, ema: bool) -> TrainState:
+  """The step-0 state of `model` at `image_size`, with an EMA if `ema`."""
   init_rng, rng = jax.random.split(rng)
-  params, batch_stats = initialize(
-      get_model(config.model), config.image_size, init_rng)
-  return state_from(params, batch_stats, config, tx, rng)
+  params, batch_stats = initialize(model, image_size, init_rng)
+  return state_from(params, batch_stats, tx, rng, ema)
 
 
-def state_from(params, batch_stats, config, tx, rng) -> TrainState:
+def state_from(params, batch_stats, tx, rng, ema: bool) -> TrainState:
   """A step-0 state that starts from these weights."""
   return TrainState(
       step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
       opt_state=tx.init(params),
       # A copy: donated buffers must not appear twice in the state.
-      ema_params=jax.tree.map(jnp.copy, params) if config.ema_decay > 0 else {},
+      ema_params=jax.tree.map(jnp.copy, params) if ema else {},
       rng=rng)
 
 
@@ -85,7 +96,8 @@ def metric_sums(logits, labels, mask) -> Dict[str, jax.Array]:
 
 # ------------------------------------------------------------------ steps ---
 
-def train_step(state: TrainState, batch, model, tx, config):
+def train_step(state: TrainState, batch, model, tx, label_smoothing: float,
+               ema_decay: float):
   """One step on this device's shard of the batch.
 
   The loss is this shard's mean divided by the device count: the gradient
@@ -99,7 +111,7 @@ def train_step(state: TrainState, batch, model, tx, config):
     logits, updates = model.apply(
         {"params": params, "batch_stats": state.batch_stats}, batch["image"],
         train=True, mutable=["batch_stats"], rngs={"dropout": rng})
-    loss = jnp.mean(cross_entropy_loss(logits, batch["label"], config.label_smoothing))
+    loss = jnp.mean(cross_entropy_loss(logits, batch["label"], label_smoothing))
     return loss / lax.psum(1, DATA), (loss, logits, updates["batch_stats"])
 
   (_, (loss, logits, batch_stats)), grads = jax.value_and_grad(
@@ -110,8 +122,8 @@ def train_step(state: TrainState, batch, model, tx, config):
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema = state.ema_params
-  if config.ema_decay > 0:
-    ema = optim.update_ema(ema, params, config.ema_decay, state.step)
+  if ema_decay > 0:
+    ema = optim.update_ema(ema, params, ema_decay, state.step)
   accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
   metrics = lax.pmean({"loss": loss, "accuracy": accuracy}, DATA)
   new_state = state.replace(step=state.step + 1, params=params,
@@ -123,4 +135,4 @@ def train_step(state: TrainState, batch, model, tx, config):
 def eval_step(variables, batch, model):
   """Metric sums over this device's shard, summed over DATA."""
   logits = model.apply(variables, batch["image"], train=False)
-  return variables, lax.psum(metric_sums(logits, batch["label"], batch["mask"]), DATA)
+  return lax.psum(metric_sums(logits, batch["label"], batch["mask"]), DATA)
