@@ -1,5 +1,5 @@
 """Parameter counts and multiply-adds against the papers and Keras
-(../shared/reference/conformance.md), and the analytic counts of flops.py
+(docs/conformance.md), and the analytic counts of madds.py
 against what `init` creates and what XLA's cost analysis counts."""
 
 import jax

@@ -1,8 +1,12 @@
 """Keras Applications MobileNet / MobileNetV2 on this machine, as the peer.
 
-The settings of ../shared/peers/keras_peer.py: RMSprop(0.01, rho 0.9, momentum
-0.9), sparse cross-entropy, one device-resident random batch, tf.function
-(XLA off unless --xla). Prints one JSON line with train and infer figures.
+The model is `keras.applications.MobileNet` or `MobileNetV2` with
+`weights=None`, 1000 classes and the given alpha and input size. Training:
+RMSprop(learning_rate 0.01, rho 0.9, momentum 0.9), sparse cross-entropy, one
+random batch held as a tf.constant, the train and inference steps each under
+`tf.function` (XLA off unless --xla, so TensorFlow's oneDNN kernels run).
+These are the settings of the peer measurements in docs/design.md ("Peers at
+the start"). Prints one JSON line with train and infer figures.
 """
 
 import os

@@ -1,10 +1,13 @@
 """A PyTorch MobileNet of the same architecture, as the peer.
 
-On CPU: torchvision's layer plan written here (V1 and V2, channels_last,
-fp32), the settings of ../shared/peers/torch_peer.py. On a GPU: timm's
+On CPU: torchvision's layer plan written here (V1 and V2; batch norm epsilon
+1e-3 and momentum 0.01; ReLU6; widths rounded as Keras rounds them),
+channels_last, eager, fp32 (bf16 autocast with --amp): the settings of the
+peer measurements in docs/design.md ("Peers at the start"). On a GPU: timm's
 `mobilenetv2_100` / `mobilenetv1_100` in channels_last with bf16 autocast,
-eager and torch.compile, the better of the two reported. RMSprop(0.01,
-alpha 0.9, momentum 0.9), one device-resident random batch.
+eager and torch.compile, the better of the two reported. Both: RMSprop(lr
+0.01, alpha 0.9, momentum 0.9), cross-entropy, one random batch held on the
+device.
 """
 
 import torch
