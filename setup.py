@@ -41,6 +41,9 @@ setup(
             "nbclient>=0.10",
             "nbformat>=5.10",
             "ipykernel>=6.29",
+            # tests/install_test.py builds a wheel offline (no build isolation).
+            "setuptools>=61",
+            "wheel",
         ],
     },
 )

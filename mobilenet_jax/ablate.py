@@ -33,7 +33,7 @@ from typing import Dict, List, NamedTuple
 
 from absl import flags, logging
 
-from mobilenet_jax import cli, report
+from mobilenet_jax import cli, defaults, report
 from mobilenet_jax.errors import ConfigError
 from mobilenet_jax.models import model_attributes
 
@@ -42,7 +42,8 @@ flags.DEFINE_string("workdir", None, "Directory of the sweep's runs.")
 flags.DEFINE_multi_string("set", [], "key=value applied to every run's config, "
                           "e.g. num_epochs=5 or dataset=cifar10.")
 flags.DEFINE_list("seeds", None, "Seeds to run instead of the sweep's.")
-# --out (where report.md and the plots go) is defined by mobilenet_jax.report.
+flags.DEFINE_string("out", None, "Where report.md and the plots go (default: "
+                    "--workdir).")
 flags.mark_flags_as_required(["sweep", "workdir"])
 FLAGS = flags.FLAGS
 
@@ -94,10 +95,19 @@ def load_sweep(path: str) -> dict:
   return sweep
 
 
+def check(config, where: str):
+  """defaults.validate, its message prefixed with the run it is about."""
+  try:
+    defaults.validate(config)
+  except ConfigError as e:
+    raise ConfigError(f"{where}: {e}") from None
+
+
 def expand(sweep: dict, overrides: Dict[str, object] = None,
            seeds: List[int] = None) -> List[Run]:
   """One Run per (variant, seed): the base config, the command line's
-  overrides, then the variant's own, with the seed set."""
+  overrides, then the variant's own, with the seed set. Every run's config is
+  validated here, so a bad one stops the sweep before the first run starts."""
   runs = []
   for variant, changes in sweep["variants"].items():
     for seed in seeds if seeds is not None else sweep["seeds"]:
@@ -105,6 +115,7 @@ def expand(sweep: dict, overrides: Dict[str, object] = None,
       apply_overrides(config, overrides or {}, "--set")
       apply_overrides(config, changes, f"variant {variant!r}")
       config.seed = int(seed)
+      check(config, f"variant {variant!r}")
       runs.append(Run(variant, int(seed), config))
   names = [r.name for r in runs]
   if len(set(names)) != len(names):

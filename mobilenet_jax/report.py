@@ -20,8 +20,6 @@ from typing import Dict, List, Tuple
 
 from absl import app, flags
 
-flags.DEFINE_string("out", None, "Where report.md and the plots go (default: the "
-                    "sweep directory).")
 FLAGS = flags.FLAGS
 
 MODEL_LABELS = {"mobilenet_v1": "MobileNetV1", "mobilenet_v2": "MobileNetV2"}
@@ -230,6 +228,13 @@ def write_report(workdir: str, out: str = None) -> str:
   return path
 
 
+def define_flags():
+  """The command's flags, defined only when it runs: ablate imports this module
+  for write_report and defines its own --out."""
+  flags.DEFINE_string("out", None, "Where report.md and the plots go (default: the "
+                      "sweep directory).")
+
+
 def main(argv):
   if len(argv) != 2:
     raise app.UsageError("usage: python -m mobilenet_jax.report SWEEP_DIR [--out DIR]")
@@ -237,4 +242,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -120,6 +120,34 @@ def get_sweep():
 """
 
 
+def test_commands_write_the_report_to_out(tmp_path):
+  """ablate and report as a user runs them: a sweep whose runs are all done
+  only gets its report, written where --out says; report rebuilds the same."""
+  sweep_file = tmp_path / "sweep.py"
+  sweep_file.write_text(TINY_SWEEP)
+  workdir = tmp_path / "runs"
+  write_result(workdir, "relu6", 0, 0.9)
+  write_result(workdir, "linear", 0, 0.8)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             MOBILENET_JAX_HUGEPAGES="0")
+  ablate_out, report_out = tmp_path / "ablate_out", tmp_path / "report_out"
+  done = subprocess.run([sys.executable, "-m", "mobilenet_jax.ablate", "--sweep",
+                         str(sweep_file), "--workdir", str(workdir), "--out", str(ablate_out)],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "run 2/2 linear/seed_0: done before, skipped" in done.stdout
+  text = (ablate_out / "report.md").read_text()
+  assert "| relu6 | 1,000 | 2.00M | 90.00 ± 0.00 |" in text
+  assert not (workdir / "report.md").exists()
+  rebuilt = subprocess.run([sys.executable, "-m", "mobilenet_jax.report", str(workdir),
+                            "--out", str(report_out)], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+  assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
+  assert rebuilt.stdout.strip() == str(report_out / "report.md")
+  assert (report_out / "report.md").read_text() == text
+
+
+@pytest.mark.slow
 def test_killed_sweep_finishes_without_redoing_runs(tmp_path):
   sweep_file = tmp_path / "sweep.py"
   sweep_file.write_text(TINY_SWEEP)

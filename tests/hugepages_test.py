@@ -26,6 +26,7 @@ def test_not_wanted_when_already_on_or_opted_out():
 
 
 @pytest.mark.skipif(not hugepages.wanted({}), reason="needs glibc >= 2.35 and THP 'madvise'")
+@pytest.mark.slow
 def test_entry_point_relaunches_itself_with_huge_pages():
   """`python -m mobilenet_jax.benchmark` re-executes with the tunable (same
   arguments, so its JSON comes back); with the opt-out it runs as started."""

@@ -100,6 +100,7 @@ def test_residual_adds_where_keras_puts_them():
     ("mobilenet_v1", 0.25, 161),
     ("mobilenet_v1", 0.75, 64),
 ])
+@pytest.mark.slow
 def test_from_keras_gives_the_same_logits(name, alpha, size):
   from mobilenet_jax.interop.keras import from_keras
   km, x = keras_with_random_statistics(name, alpha, size, 7, seed=1)
@@ -132,6 +133,7 @@ def test_keras_weights_file_of_another_alpha_or_model_is_a_clear_error(tmp_path)
 
 # ------------------------------------ convert: Keras file -> checkpoint -> main ---
 
+@pytest.mark.slow
 def test_converted_keras_weights_evaluate_through_main_as_keras_predicts(tmp_path):
   """convert, then main's eval-only path: the same top-1 as Keras itself."""
   from configs import default

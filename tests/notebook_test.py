@@ -3,9 +3,12 @@
 import os
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from conftest import ROOT
+
+pytestmark = pytest.mark.slow
 
 
 def test_colab_notebook_runs_a_smoke_sweep_and_shows_the_report(tmp_path, monkeypatch):

@@ -101,6 +101,7 @@ def max_diff(a, b):
              zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+@pytest.mark.slow
 def test_loss_goes_down_on_a_repeated_batch_in_bfloat16():
   config = small_config()
   config.dtype = "bfloat16"  # compute in bf16, keep parameters in float32
@@ -112,6 +113,7 @@ def test_loss_goes_down_on_a_repeated_batch_in_bfloat16():
 # A small net on noise is chaotic: a 1e-6 relative change of the weights
 # grows ~40x in two steps, so the tests take two small steps at 64 px,
 # where the parameters move by ~1e-2, and allow 1e-4.
+@pytest.mark.slow
 def test_data_parallel_batch_norm_1_vs_4_devices():
   config = small_config(64)
   mixed = batch_of(16, seed=2, size=64)
@@ -132,6 +134,38 @@ def test_data_parallel_batch_norm_1_vs_4_devices():
   assert max_diff(four.params, local(mixed)[0].params) > 1e-3
   # ... which are the whole batch's when every replica sees the same data.
   assert max_diff(sync(same)[0].params, local(same)[0].params) < 1e-4
+
+
+# ---------------------------------------------------------------- input ---
+
+def test_digits_build_offline_and_batches_depend_only_on_seed_step_and_shard(tmp_path):
+  """The README run's input: the embedded digits, built here with no network
+  (every fifth digit is the test split), preprocessed to the config's size in
+  [-1, 1]. Training batches, real and synthetic, are functions of (seed, step,
+  shard): exact resume and 2 x 2 = 1 x 4 devices rest on that."""
+  from sklearn.datasets import load_digits
+  from mobilenet_jax.data import input_pipeline, synthetic
+  config = default.get_config()
+  config.data_dir = str(tmp_path / "tfds")  # built here, not found in a cache
+  size = config.image_size
+  builder = input_pipeline.get_builder(config)
+  images, labels = input_pipeline.first_examples(config, builder, config.eval_split, 10_000)
+  assert images.shape == (360, size, size, 3)
+  assert -1 <= images.min() < 0 < images.max() <= 1
+  np.testing.assert_array_equal(np.bincount(labels), np.bincount(load_digits().target[::5]))
+
+  def check(batches):
+    """batches(shards, start_step) -> iterator of {"image", "label"}, 4 per shard."""
+    stream = batches([0, 1], 0)
+    first, second = next(stream), next(stream)
+    assert first["image"].shape == (8, size, size, 3)
+    np.testing.assert_array_equal(next(batches([1], 0))["image"], first["image"][4:])
+    np.testing.assert_array_equal(next(batches([0, 1], 1))["image"], second["image"])
+    assert not np.array_equal(first["image"], second["image"])
+
+  check(lambda shards, start: input_pipeline.train_batches(config, builder, shards, 2, 4,
+                                                             start))
+  check(lambda shards, start: synthetic.train_batches(config, shards, 4, start))
 
 
 # ----------------------------------------------------- main, as a process ---
@@ -157,6 +191,7 @@ def final_state(workdir):
   return checkpoint.restore_on_one_device(str(workdir))[0]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bit_identical(tmp_path, small_config_file):
   code, err = main(tmp_path / "straight", small_config_file, *RESUME)
   assert code == 0, err[-2000:]
@@ -211,6 +246,7 @@ def test_bad_config_values_name_the_key(tmp_path, overrides, words):
   assert not os.path.exists(tmp_path / "checkpoints" / "1")
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_with_the_step_and_keeps_checkpoints(tmp_path):
   config = small_config()
   config.update(dict(num_train_steps=6, optimizer="sgd", learning_rate=1e30,
@@ -221,6 +257,7 @@ def test_nonfinite_loss_stops_with_the_step_and_keeps_checkpoints(tmp_path):
   assert not os.path.exists(tmp_path / "results.json")
 
 
+@pytest.mark.slow
 def test_different_model_in_workdir_refuses_to_resume(tmp_path, small_config_file):
   config = runpy.run_path(small_config_file)["get_config"]()
   manager = checkpoint.create_manager(str(tmp_path), 1)
@@ -263,6 +300,7 @@ def test_init_from_loads_every_weight_and_a_new_head_for_another_class_count(tmp
   assert int(started.step) == 0
 
 
+@pytest.mark.slow
 def test_init_from_of_another_width_is_a_clear_error(tmp_path):
   config, tx, state, _ = warm_start_setup(tmp_path, num_classes=10)
   config.model.alpha = 0.5
@@ -271,6 +309,7 @@ def test_init_from_of_another_width_is_a_clear_error(tmp_path):
     loop.warm_start(other, config, tx)
 
 
+@pytest.mark.slow
 def test_converted_weights_are_not_resumed_as_a_run(tmp_path):
   config, tx, state, _ = warm_start_setup(tmp_path, num_classes=10)
   manager = checkpoint.create_manager(config.init_from, 2)

@@ -1,0 +1,87 @@
+"""The package's layout: every module imports, and every command defines the
+absl flags it reads (a flag defined by another module's import exists only
+while that import happens to be there)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+from absl import flags
+
+from conftest import ROOT
+
+PACKAGE = os.path.join(ROOT, "mobilenet_jax")
+
+# Frameworks only a peer needs (not install_requires): the peer may be skipped
+# where the framework is missing, nothing else.
+OPTIONAL = {"mobilenet_jax.peers.torch_peer": "torch"}
+# Helpers that read a command's flag only after checking that it is defined.
+GUARDED_READS = {"mobilenet_jax.cli": {"config"}}
+
+# In a process of its own: the commands define clashing flags (--config,
+# --workdir, --out, ...), so the flags an import defined are noted under the
+# module that defined them and removed before the next import; report defines
+# its flags only when run (define_flags).
+WALK = r"""
+import collections, importlib, json, pkgutil
+from absl import flags
+import mobilenet_jax
+found, defined = {}, collections.defaultdict(list)
+for info in pkgutil.walk_packages(mobilenet_jax.__path__, "mobilenet_jax."):
+  try:
+    module = importlib.import_module(info.name)
+  except ModuleNotFoundError as e:
+    found[info.name] = {"missing": e.name}
+    continue
+  if hasattr(module, "define_flags"):
+    module.define_flags()
+  found[info.name] = {"file": module.__file__}
+  for owner, owned in list(flags.FLAGS.flags_by_module_dict().items()):
+    if owner.startswith("mobilenet_jax"):
+      for flag in owned:
+        defined[owner].append(flag.name)
+        delattr(flags.FLAGS, flag.name)
+for name, info in found.items():
+  info["flags"] = defined.get(name, [])
+print(json.dumps(found))
+"""
+
+
+def walk():
+  proc = subprocess.run([sys.executable, "-c", WALK], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def source_modules():
+  """Every .py file under mobilenet_jax/, as a module name."""
+  names = set()
+  for directory, _, files in os.walk(PACKAGE):
+    for f in files:
+      if f.endswith(".py"):
+        rel = os.path.relpath(os.path.join(directory, f), ROOT)[:-3]
+        names.add(rel.replace(os.sep, ".").removesuffix(".__init__"))
+  return names
+
+
+def test_every_module_imports_and_commands_define_the_flags_they_read():
+  found = walk()
+  # walk_packages misses a directory without __init__.py, and so does
+  # setup.py's find_packages: such a module would be left out of the install.
+  assert set(found) | {"mobilenet_jax"} == source_modules()
+  for name, info in found.items():
+    if "missing" in info:
+      assert OPTIONAL.get(name) == info["missing"], f"{name}: no module {info['missing']!r}"
+      continue
+    assert info["file"].startswith(PACKAGE), (name, info["file"])
+    source = open(info["file"]).read()
+    reads = {r for r in re.findall(r"\bFLAGS\.([a-z]\w*)", source)
+             if not hasattr(flags.FlagValues, r)}  # FlagValues methods are not flags
+    undefined = reads - set(info["flags"]) - GUARDED_READS.get(name, set())
+    assert not undefined, f"{name} reads flags it does not define: {sorted(undefined)}"
+  commands = {n for n, i in found.items() if i.get("flags")}
+  assert {"mobilenet_jax." + c for c in ("main", "ablate", "report", "convert", "export",
+                                        "launch", "summary", "benchmark")} <= commands
