@@ -49,6 +49,13 @@ flags.DEFINE_enum("data", "synthetic", ["synthetic", "pipeline"], "Synthetic "
 flags.DEFINE_string("dataset", "sklearn_digits", "TFDS dataset for --data=pipeline.")
 flags.DEFINE_enum("depthwise_impl", "auto", depthwise.IMPLS,
                   "Depthwise convolution implementation.")
+flags.DEFINE_enum("output_stride", "32", ["8", "16", "32"], "The network's output "
+                  "stride (16, 8: dilated backbone).")
+flags.DEFINE_multi_string("variant", [], "Also time our network changed by KEY=VALUE "
+                          "pairs (output_stride, depthwise_impl), e.g. "
+                          "--variant=output_stride=16 --variant=output_stride=16,"
+                          "depthwise_impl=lax, in the same rounds; reported per "
+                          "multiply-add against the base.")
 flags.DEFINE_list("peers", [], "Also measure: keras, torch.")
 flags.DEFINE_enum("peer_hugepages", "off", ["off", "on", "both"],
                   "Run the peers without (as they run out of the box) or with the "
@@ -86,7 +93,23 @@ def timed(fn) -> list:
   return peers.time_steps(fn, FLAGS.warmup, FLAGS.steps)
 
 
-def prepare_jax() -> tuple:
+VARIANT_KEYS = {"output_stride": int, "depthwise_impl": str}
+
+
+def parse_variant(spec: str) -> dict:
+  """"output_stride=16,depthwise_impl=lax" -> the base's settings with those."""
+  settings = {"output_stride": int(FLAGS.output_stride),
+              "depthwise_impl": FLAGS.depthwise_impl}
+  for item in spec.split(","):
+    key, _, value = item.partition("=")
+    if key not in VARIANT_KEYS or not value:
+      raise app.UsageError(f"--variant {spec!r}: use KEY=VALUE pairs with keys "
+                           f"{', '.join(VARIANT_KEYS)}, e.g. output_stride=16.")
+    settings[key] = VARIANT_KEYS[key](value)
+  return settings
+
+
+def prepare_jax(output_stride: int, depthwise_impl: str) -> tuple:
   """(result, timers): the run's description and compile times, and for each
   timed mode a function that runs one step and waits for it."""
   import jax
@@ -96,9 +119,10 @@ def prepare_jax() -> tuple:
   from mobilenet_jax import madds, parallel
   from mobilenet_jax.training import steps
 
-  model_config = {"name": FLAGS.model, "alpha": FLAGS.alpha, "num_classes": 1000}
+  model_config = {"name": FLAGS.model, "alpha": FLAGS.alpha, "num_classes": 1000,
+                  "output_stride": output_stride}
   mesh = parallel.create_mesh(jax.local_devices())
-  model = steps.create_model(model_config, FLAGS.dtype, FLAGS.depthwise_impl)
+  model = steps.create_model(model_config, FLAGS.dtype, depthwise_impl)
   tx = optax.rmsprop(0.01, decay=0.9, momentum=0.9)  # the peers' optimizer
   state = parallel.replicate(steps.create_train_state(
       model, FLAGS.image_size, tx, jax.random.key(0), ema=False), mesh)
@@ -113,6 +137,7 @@ def prepare_jax() -> tuple:
             "backend": jax.default_backend(), "device_kind": device.device_kind,
             "num_devices": mesh.size, "jax": jax.__version__,
             "hugepages": hugepages.active(), "rounds": FLAGS.rounds,
+            "output_stride": output_stride, "depthwise_impl": depthwise_impl,
             "madds": madds.count(model_config, size)["madds"]}
   timers, holder = {}, [state]  # the latest state: training donates the previous one
 
@@ -159,7 +184,15 @@ def finish_jax(result: dict, rounds: list) -> dict:
   main_mode = result.get("train") or result["infer"]
   result.update({k: main_mode[k] for k in ("img_per_s", "step_ms_median", "compile_s")})
   result["peak_mem_mb"], result["peak_mem_of"] = peak_memory_mb(jax.local_devices()[0])
+  for mode in rounds[0]:  # throughput per multiply-add, to compare networks
+    result[mode]["gmadds_per_s"] = result[mode]["img_per_s"] * result["madds"] / 1e9
   return result
+
+
+def per_madd_ratios(variant: dict, base: dict) -> dict:
+  """The variant's multiply-adds per second over the base's, per mode."""
+  return {mode: variant[mode]["gmadds_per_s"] / base[mode]["gmadds_per_s"]
+          for mode in ("train", "infer") if mode in variant}
 
 
 def measure_peer(name: str, thp: bool) -> dict:
@@ -214,6 +247,7 @@ def print_table(result: dict):
         + (f", {result['rounds']} rounds (ratios: median over rounds)"
            if result["rounds"] > 1 else ""))
   rows = [("mobilenet_jax", result)] + [(p["peer"], p) for p in result.get("peers", [])]
+  variants = result.get("variants", [])
   print(f"{'system':<16}{'mode':<7}{'img/s':>9}{'median ms':>11}{'min ms':>9}"
         f"{'max ms':>9}{'compile s':>11}{'ours/this':>11}"
         + ("  per-round range" if result["rounds"] > 1 else ""))
@@ -231,19 +265,37 @@ def print_table(result: dict):
       print(f"{name:<16}{mode:<7}{m['img_per_s']:>9.1f}{m['step_ms_median']:>11.1f}"
             f"{m['step_ms_min']:>9.1f}{m['step_ms_max']:>9.1f}{compile_s:>11}"
             f"{ratio:>10.2f}x  {spread}")
+  if variants:
+    print(f"{'ours as':<40}{'mode':<7}{'img/s':>9}{'GMAdds/s':>10}{'per MAdd vs base':>18}")
+    for v in [result] + variants:
+      label = f"output_stride {v['output_stride']}, depthwise {v['depthwise_impl']}"
+      for mode in ("train", "infer"):
+        if mode in v:
+          ratio = v.get("per_madd_vs_base", {}).get(mode, 1.0)
+          print(f"{label:<40}{mode:<7}{v[mode]['img_per_s']:>9.1f}"
+                f"{v[mode]['gmadds_per_s']:>10.2f}{ratio:>17.2f}x")
   print(f"peak memory {result['peak_mem_mb']:.0f} MB ({result['peak_mem_of']})")
 
 
 def main(argv):
   del argv
-  result, timers = prepare_jax()
+  result, timers = prepare_jax(int(FLAGS.output_stride), FLAGS.depthwise_impl)
+  variants = [prepare_jax(**parse_variant(spec)) for spec in FLAGS.variant]
   labels = [(name, thp) for name in FLAGS.peers for thp in PEER_THP[FLAGS.peer_hugepages]]
   ours_rounds, peer_runs = [], {label: [] for label in labels}
+  variant_rounds = [[] for _ in variants]
   for _ in range(FLAGS.rounds):
     ours_rounds.append({mode: timed(fn) for mode, fn in timers.items()})
+    for (_, variant_timers), rounds in zip(variants, variant_rounds):
+      rounds.append({mode: timed(fn) for mode, fn in variant_timers.items()})
     for label in labels:
       peer_runs[label].append(measure_peer(*label))
   result = finish_jax(result, ours_rounds)
+  if variants:
+    result["variants"] = [finish_jax(v, rounds) for (v, _), rounds in
+                          zip(variants, variant_rounds)]
+    for v in result["variants"]:
+      v["per_madd_vs_base"] = per_madd_ratios(v, result)
   if labels:
     ours_per_round = [{mode: peers.summarize(steps_s, FLAGS.batch_size)
                        for mode, steps_s in r.items()} for r in ours_rounds]

@@ -54,21 +54,26 @@ def dense(name, c_in, c_out) -> Layer:
                c_in * c_out, "classifier")
 
 
-def keras_v1_hw(shape, stride):
-  """V1's stride-2 convs pad (0, 1) then run 'valid' (Keras); stride 1 is SAME."""
+def v1_hw(shape, stride, padding: str):
+  """V1's stride-2 convs pad (0, 1) then run 'valid' under Keras's convention;
+  everything else is TF "SAME" (ceil(h / s))."""
   h, w, _ = shape
-  return (h, w) if stride == 1 else ((h - 2) // 2 + 1, (w - 2) // 2 + 1)
+  if stride == 2 and padding == "keras":
+    return (h - 2) // 2 + 1, (w - 2) // 2 + 1
+  return math.ceil(h / stride), math.ceil(w / stride)
 
 
-def v1_layers(m: mobilenet_v1.MobileNetV1, image_size: int) -> List[Layer]:
-  check_image_size(image_size, "MobileNetV1")
-  shape = (image_size, image_size, 3)
-  c0 = mobilenet_v1.width(mobilenet_v1.STEM_CHANNELS, m.alpha)
-  layers = [conv("stem", "stem", shape, c0, 3, 2, out_hw=keras_v1_hw(shape, 2))]
-  for i, c, s in mobilenet_v1.block_plan(m.blocks, m.shallow):
+def v1_layers(m: mobilenet_v1.MobileNetV1, image_size) -> List[Layer]:
+  shape = input_shape(image_size, "MobileNetV1")
+  (stem_stride, _), *strides = mobilenet_v1.layer_strides(m.blocks, m.shallow,
+                                                          m.output_stride)
+  c0 = mobilenet_v1.width(mobilenet_v1.STEM_CHANNELS, m.alpha, m.min_depth)
+  layers = [conv("stem", "stem", shape, c0, 3, stem_stride,
+                 out_hw=v1_hw(shape, stem_stride, m.padding))]
+  for (i, c, _), (s, _) in zip(mobilenet_v1.block_plan(m.blocks, m.shallow), strides):
     shape = layers[-1].output_shape
-    c = mobilenet_v1.width(c, m.alpha)
-    hw = keras_v1_hw(shape, s)
+    c = mobilenet_v1.width(c, m.alpha, m.min_depth)
+    hw = v1_hw(shape, s, m.padding)
     group = f"{'conv' if m.conv_type == 'full' else 'separable'} c={c} s={s}"
     if m.conv_type == "full":
       layers.append(conv(f"block_{i}/conv", group, shape, c, 3, s, out_hw=hw))
@@ -81,15 +86,16 @@ def v1_layers(m: mobilenet_v1.MobileNetV1, image_size: int) -> List[Layer]:
   return layers + head(m, layers[-1].output_shape)
 
 
-def v2_layers(m: mobilenet_v2.MobileNetV2, image_size: int) -> List[Layer]:
-  check_image_size(image_size, "MobileNetV2")
-  shape = (image_size, image_size, 3)
-  layers = [conv("stem", "stem", shape,
-                 mobilenet_v2.make_divisible(32 * m.alpha), 3, 2)]
+def v2_layers(m: mobilenet_v2.MobileNetV2, image_size) -> List[Layer]:
+  shape = input_shape(image_size, "MobileNetV2")
+  (stem_stride, _), *strides = mobilenet_v2.layer_strides(m.blocks, m.expansion,
+                                                          m.output_stride)
+  stem = mobilenet_v2.make_divisible(32 * m.alpha, m.divisible_by, m.min_depth)
+  layers = [conv("stem", "stem", shape, stem, 3, stem_stride)]
   plan = mobilenet_v2.block_plan(m.blocks, m.expansion)
-  for i, (t, c, s) in enumerate(plan):
+  for i, ((t, c, _), (s, _)) in enumerate(zip(plan, strides)):
     shape = layers[-1].output_shape
-    c = mobilenet_v2.block_channels(c, m.alpha)
+    c = m.channels(c)
     group = f"bottleneck t={t:g} c={c}"
     if t != 1:
       layers.append(conv(f"block_{i}/expand", group, shape,
@@ -99,13 +105,22 @@ def v2_layers(m: mobilenet_v2.MobileNetV2, image_size: int) -> List[Layer]:
                        groups=wide[2]))
     layers.append(conv(f"block_{i}/project", group, layers[-1].output_shape,
                        c, 1, 1))
-  layers.append(conv("head", "head", layers[-1].output_shape,
-                     mobilenet_v2.head_channels(m.alpha), 1, 1))
+  head_c = mobilenet_v2.head_channels(m.alpha, m.divisible_by, m.min_depth,
+                                      m.finegrain_classification_mode)
+  layers.append(conv("head", "head", layers[-1].output_shape, head_c, 1, 1))
   return layers + head(m, layers[-1].output_shape)
 
 
+def input_shape(image_size, name: str) -> Tuple[int, int, int]:
+  """(h, w, 3) for a size or an (h, w) pair, checked against the strides."""
+  h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+  check_image_size(min(h, w), name)
+  return h, w, 3
+
+
 def head(m, shape) -> List[Layer]:
-  return [dense("classifier", shape[2], m.num_classes)] if m.include_top else []
+  """The classifier, if the model has one (num_classes=0: pooled features)."""
+  return [dense("classifier", shape[2], m.num_classes)] if m.include_top and m.num_classes else []
 
 
 def layers(model_config, image_size: int) -> List[Layer]:

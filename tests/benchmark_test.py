@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 RUN = """
@@ -28,8 +30,9 @@ def run(mode, *extra):
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_json_has_the_figures_and_no_tensorflow_is_imported():
-  result = run("both", "--rounds=2")
+  result = run("both", "--rounds=2", "--variant=output_stride=16")
   for key in ("img_per_s", "step_ms_median", "compile_s", "peak_mem_mb"):
     assert result[key] > 0, key
   assert result["backend"] == "cpu" and result["device_kind"]
@@ -42,6 +45,30 @@ def test_json_has_the_figures_and_no_tensorflow_is_imported():
   assert result["img_per_s"] == result["train"]["img_per_s"]  # training leads
   assert result["madds"] > 0
   assert result["rounds"] == 2
+  # A dilated variant timed in the same rounds, compared per multiply-add.
+  variant, = result["variants"]
+  assert variant["output_stride"] == 16 and variant["madds"] > result["madds"]
+  for mode in ("train", "infer"):
+    assert variant[mode]["timed_steps"] == 4
+    expected = variant[mode]["gmadds_per_s"] / result[mode]["gmadds_per_s"]
+    assert variant["per_madd_vs_base"][mode] == pytest.approx(expected)
+
+
+def test_per_madd_ratio_compares_work_done_per_second():
+  from mobilenet_jax import benchmark
+  base = {"train": {"gmadds_per_s": 2.0}}
+  variant = {"train": {"gmadds_per_s": 3.0}, "infer": {"gmadds_per_s": 1.0}}
+  assert benchmark.per_madd_ratios(variant, {**base, "infer": {"gmadds_per_s": 4.0}}) == {
+      "train": 1.5, "infer": 0.25}
+
+
+def test_inference_alone_times_only_inference():
+  """The smallest real run of the command's path: a V1 forward pass."""
+  result = run("infer", "--model=mobilenet_v1")
+  assert (result["model"], result["alpha"], result["batch_size"]) == ("mobilenet_v1", 0.35, 4)
+  assert "train" not in result and result["infer"]["timed_steps"] == 2
+  assert result["img_per_s"] == result["infer"]["img_per_s"] > 0
+  assert result["madds"] > 0 and result["rounds"] == 1
 
 
 def peer_run(train_img_s):
@@ -68,3 +95,13 @@ def test_a_failed_peer_round_is_left_out_and_reported():
   assert entry["rounds"] == 2 and entry["failed_rounds"] == ["Killed"]
   only_failures = benchmark.combine_peer([{"peer": "torch", "error": "x"}], ours[:1])
   assert only_failures["error"] == "x"
+
+
+def test_peer_timing_counts_only_the_timed_steps_and_summarizes_them():
+  from mobilenet_jax import peers
+  calls = []
+  times = peers.time_steps(lambda: calls.append(1), warmup=2, steps=3)
+  assert len(calls) == 5 and len(times) == 3 and all(t >= 0 for t in times)
+  assert peers.summarize([0.5, 0.25, 1.0], batch=8) == {
+      "img_per_s": 16.0, "step_ms_median": 500.0, "step_ms_min": 250.0,
+      "step_ms_max": 1000.0}

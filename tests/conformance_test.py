@@ -100,6 +100,10 @@ def test_analytic_params_equal_init(model_config, size):
     (dict(name="mobilenet_v1", alpha=0.25, conv_type="full"), 224),
     (dict(name="mobilenet_v1", alpha=0.5, depth_multiplier=2), 128),
     (dict(name="mobilenet_v2", alpha=1.0, expansion=3.0), 128),
+    # Dilated backbones: the counts follow the larger feature maps.
+    (dict(name="mobilenet_v2", output_stride=16, depthwise_impl="lax"), 160),
+    (dict(name="mobilenet_v1", alpha=0.5, output_stride=8, padding="same",
+          depthwise_impl="lax"), 128),
 ])
 def test_analytic_madds_agree_with_xla_cost_analysis(model_config, size):
   """XLA counts 2 flops per multiply-add plus a few per element for batch norm

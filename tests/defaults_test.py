@@ -45,7 +45,10 @@ WRONG_TYPES = [
     ("dataset", 3), ("data_dir", 3), ("no_decay", "bias"), ("optimizer", None),
 ]
 MODEL_BATTERY = [
-    ("alpha", 0.0), ("alpha", "big"), ("num_classes", 0), ("num_classes", 2.5),
+    ("alpha", 0.0), ("alpha", "big"), ("num_classes", -1), ("num_classes", 2.5),
+    ("output_stride", 4), ("output_stride", 24), ("min_depth", 0), ("min_depth", -8),
+    ("divisible_by", 0), ("padding", "valid"), ("pooling", "sum"),
+    ("freeze_bn", "layer_99"), ("freeze_bn", "Conv2d_3_pointwise"),
     ("dropout", 1.0), ("bn_momentum", 1.0), ("bn_epsilon", 0.0),
     ("include_top", "no"), ("expansion", 0.5), ("expansion", "six"),
     ("bottleneck_activation", "gelu"), ("shortcut", "dense"),

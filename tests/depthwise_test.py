@@ -3,18 +3,26 @@ XLA's grouped convolution."""
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from mobilenet_jax import parallel
+from mobilenet_jax.errors import ConfigError
 from mobilenet_jax.models import get_model
 from mobilenet_jax.ops import depthwise, native
 from mobilenet_jax.ops.depthwise import depthwise_lax, depthwise_native, depthwise_shift
 
 FAST = {"shift": depthwise_shift, "native": depthwise_native}
+# The grids below trace the shifted multiply-adds per case, which is slow; the
+# fast tier checks the native kernel (the CPU default) on them, and shift on
+# the smaller cases further down.
+GRID_IMPLS = [pytest.param(i, marks=pytest.mark.slow) if i == "shift" else i
+              for i in sorted(FAST)]
 
 
 @pytest.mark.parametrize("size", [7, 8])  # odd and even: SAME pads differ
@@ -22,7 +30,7 @@ FAST = {"shift": depthwise_shift, "native": depthwise_native}
 @pytest.mark.parametrize("k", [3, 5])
 @pytest.mark.parametrize("multiplier", [1, 2])
 @pytest.mark.parametrize("padding", ["SAME", ((0, 1), (2, 0))])
-@pytest.mark.parametrize("impl", sorted(FAST))
+@pytest.mark.parametrize("impl", GRID_IMPLS)
 def test_fast_equals_lax_forward_and_gradients(size, strides, k, multiplier, padding, impl):
   x = jax.random.normal(jax.random.key(0), (2, size, size + 1, 3))
   kernel = jax.random.normal(jax.random.key(1), (k, k, 1, 3 * multiplier))
@@ -40,10 +48,94 @@ def test_fast_equals_lax_forward_and_gradients(size, strides, k, multiplier, pad
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
+def dilated_reference(x, kernel, strides, padding, dilation):
+  """lax's own dilated grouped convolution, independent of depthwise_lax."""
+  return lax.conv_general_dilated(x, kernel, (strides, strides), padding,
+                                  rhs_dilation=(dilation, dilation),
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                  feature_group_count=x.shape[-1])
+
+
+def assert_dilated_matches_reference(impl, size, strides, k, multiplier, padding, dilation):
+  x = jax.random.normal(jax.random.key(0), (2, size, size + 1, 3))
+  kernel = jax.random.normal(jax.random.key(1), (k, k, 1, 3 * multiplier))
+
+  def loss(fn):
+    return lambda x, w: jnp.sum(jnp.sin(fn(x, w, strides, padding, dilation)))
+
+  ref = dilated_reference(x, kernel, strides, padding, dilation)
+  out = FAST[impl](x, kernel, strides, padding, dilation)
+  assert out.shape == ref.shape
+  np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
+  g_ref = jax.jit(jax.grad(loss(dilated_reference), argnums=(0, 1)))(x, kernel)
+  g_out = jax.jit(jax.grad(loss(FAST[impl]), argnums=(0, 1)))(x, kernel)
+  for a, b in zip(g_out, g_ref):
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+# Output-stride 8/16 backbones dilate by 2, 4 (8 ...); rate 4 on 7 or 8 pixels
+# puts whole rows of taps in the padding. Stride 2 with rate > 1 (which TF-slim
+# never builds, but lax allows) is covered too.
+@pytest.mark.parametrize("size", [7, 8, 13])
+@pytest.mark.parametrize("strides", [1, 2])
+@pytest.mark.parametrize("dilation", [1, 2, 4])
+@pytest.mark.parametrize("multiplier", [1, 2])
+@pytest.mark.parametrize("impl", GRID_IMPLS)
+def test_dilated_fast_equals_lax_forward_and_gradients(size, strides, dilation, multiplier, impl):
+  assert_dilated_matches_reference(impl, size, strides, 3, multiplier, "SAME", dilation)
+
+
+@pytest.mark.parametrize("strides, multiplier, padding", [
+    (1, 1, "SAME"), (2, 2, "SAME"), (1, 2, ((3, 4), (0, 5))), (2, 1, "VALID")])
+@pytest.mark.parametrize("impl", sorted(FAST))
+def test_dilated_kernel_5_and_explicit_padding(strides, multiplier, padding, impl):
+  assert_dilated_matches_reference(impl, 13, strides, 5, multiplier, padding, 2)
+
+
+def test_depthwise_lax_dilation_is_rhs_dilation():
+  x = jax.random.normal(jax.random.key(0), (2, 9, 10, 4))
+  kernel = jax.random.normal(jax.random.key(1), (3, 3, 1, 8))
+  np.testing.assert_array_equal(depthwise_lax(x, kernel, 1, "SAME", 2),
+                                dilated_reference(x, kernel, 1, "SAME", 2))
+
+
+@pytest.mark.parametrize("impl", ["lax", "shift", "native"])
+def test_depthwise_conv_module_dilation_matches_flax_conv(impl):
+  """DepthwiseConv(dilation=r) is nn.Conv(kernel_dilation=r, feature_group_count=C),
+  with the same kernel parameter."""
+  x = jax.random.normal(jax.random.key(0), (2, 14, 14, 6))
+  module = depthwise.DepthwiseConv(12, 3, impl=impl, dilation=2)
+  variables = module.init(jax.random.key(1), x)
+  assert variables["params"]["kernel"].shape == (3, 3, 1, 12)
+  conv = nn.Conv(12, (3, 3), padding="SAME", kernel_dilation=2, feature_group_count=6,
+                 use_bias=False)
+  np.testing.assert_allclose(module.apply(variables, x), conv.apply(variables, x),
+                             atol=1e-5, rtol=1e-5)
+
+
+def test_dilated_geometry_is_tf_same():
+  # 14 pixels, k 3, rate 2: window 5, total pad 4 -> (2, 2), 14 out; stride 2: 7 out
+  # and total pad (7 - 1) * 2 + 5 - 14 = 3 -> (1, 2), the extra pixel after.
+  assert depthwise.spatial_geometry((1, 14, 13, 1), (3, 3), 1, "SAME", 2) == (
+      ((2, 2), (2, 2)), (14, 13))
+  assert depthwise.spatial_geometry((1, 14, 14, 1), (3, 3), 2, "SAME", 2) == (
+      ((1, 2), (1, 2)), (7, 7))
+  assert depthwise.output_size(14, 3, 1, (0, 0), 4) == 6  # VALID: 14 - 9 + 1
+
+
+@pytest.mark.parametrize("dilation", [0, -1, 1.5, True])
+@pytest.mark.parametrize("impl", sorted(depthwise.IMPL_FNS))
+def test_bad_dilation_is_a_clear_error(dilation, impl):
+  x, kernel = jnp.ones((1, 8, 8, 2)), jnp.ones((3, 3, 1, 2))
+  with pytest.raises(ConfigError, match="dilation"):
+    depthwise.IMPL_FNS[impl](x, kernel, 1, "SAME", dilation)
+
+
 # A short V1 keeps this quick; it has stride-2 (Keras-padded) and depth-
 # multiplier layers, the cases where the implementations could part; V2's
 # "SAME" padding is covered layer by layer above.
 @pytest.mark.parametrize("impl", sorted(FAST))
+@pytest.mark.slow
 def test_whole_model_same_with_either_implementation(impl):
   model_config = dict(name="mobilenet_v1", depth_multiplier=2,
                       blocks=((64, 1), (128, 2), (128, 1)))
@@ -56,7 +148,8 @@ def test_whole_model_same_with_either_implementation(impl):
   np.testing.assert_allclose(fast.apply(variables, x), slow.apply(variables, x), atol=1e-4)
 
 
-def test_native_gradients_under_data_parallel_match_one_device():
+@pytest.mark.parametrize("strides, dilation", [(2, 1), (1, 2)])
+def test_native_gradients_under_data_parallel_match_one_device(strides, dilation):
   """Inside shard_map (the train step's data parallelism) the kernel's gradient is
   summed over devices, as for XLA's convolution; each device's input gradient is its
   own shard's."""
@@ -64,7 +157,8 @@ def test_native_gradients_under_data_parallel_match_one_device():
   kernel = jax.random.normal(jax.random.key(1), (3, 3, 1, 6))
 
   def grads(fn, x, kernel):
-    return jax.grad(lambda x, w: jnp.sum(jnp.sin(fn(x, w, 2, "SAME"))), argnums=(0, 1))(x, kernel)
+    return jax.grad(lambda x, w: jnp.sum(jnp.sin(fn(x, w, strides, "SAME", dilation))),
+                    argnums=(0, 1))(x, kernel)
 
   mesh = parallel.create_mesh()
   assert mesh.size > 1  # conftest's fake devices

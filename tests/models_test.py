@@ -21,7 +21,8 @@ def run_block(x, zero_projection=False, prev=None, **kw):
     bn = variables["params"]["project"]["bn"]
     bn["scale"] = jnp.zeros_like(bn["scale"])
     bn["bias"] = jnp.zeros_like(bn["bias"])
-  return block.apply(variables, x, prev)
+  out, expansion, _ = block.apply(variables, x, prev)  # the depthwise output: an endpoint
+  return out, expansion
 
 
 X = jax.random.normal(jax.random.key(1), (2, 8, 8, 16))

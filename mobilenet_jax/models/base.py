@@ -12,16 +12,19 @@ says what kind of attribute it is:
 """
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mobilenet_jax.errors import ConfigError
+from mobilenet_jax.errors import ConfigError, check_choice
 
 KIND = "kind"
 ARCHITECTURE, TRAINING, IMPLEMENTATION = "architecture", "training", "implementation"
 MIN_IMAGE_SIZE = 32  # five stride-2 stages; Keras requires the same
+OUTPUT_STRIDES = (8, 16, 32)
+PADDINGS = ("keras", "same")
+POOLINGS = (None, "avg", "max")
 
 
 def training_knob(default):
@@ -55,6 +58,40 @@ class LayerSettings:
   depthwise_impl: str = "auto"  # ops/depthwise.py
   pointwise_impl: str = "dot"   # ops/pointwise.py
   dtype: Any = jnp.float32
+  frozen_bn: Tuple[str, ...] = ()  # module paths whose batch norm is frozen
+
+  def bn_is_frozen(self, path: Sequence[str]) -> bool:
+    return bn_is_frozen("/".join(path), self.frozen_bn)
+
+
+def bn_is_frozen(path: str, frozen: Sequence[str]) -> bool:
+  """Whether the layer at `path` ("block_3/expand") lies in a frozen subtree."""
+  return any(path == p or path.startswith(p + "/") or p == "" for p in frozen)
+
+
+class Endpoint(NamedTuple):
+  """A named feature map (TF-slim's end_points names), the module path of the
+  layer that makes it, and its nominal reduction (before output_stride)."""
+  name: str
+  path: str
+  reduction: int
+  main: bool  # on the main chain (a block output), not a tap inside a block
+
+
+def stride_plan(strides: Sequence[int], output_stride: int) -> List[Tuple[int, int]]:
+  """(stride, dilation rate) per layer, as TF-slim's output_stride rule: once
+  the product of strides reaches output_stride, later strides become 1 and the
+  rate grows by what they would have been; a layer runs at the rate before its
+  own (converted) stride."""
+  current, rate, plan = 1, 1, []
+  for s in strides:
+    if current == output_stride:
+      plan.append((1, rate))
+      rate *= s
+    else:
+      plan.append((s, 1))
+      current *= s
+  return plan
 
 
 class MobileNet(nn.Module):
@@ -70,14 +107,29 @@ class MobileNet(nn.Module):
     depthwise_impl: "auto" | "native" | "shift" | "lax" (ops/depthwise.py).
     pointwise_impl: "dot" | "conv" (ops/pointwise.py; "conv" for TFLite).
     dtype: computation dtype (parameters stay float32).
-  Each network adds its own knobs, `dropout` among them (its default differs).
-  The resolution multiplier rho is the input size / 224.
+    output_stride: 32 (none), 16 or 8: the last strides become 1 and the
+      depthwise convolutions after them are dilated (TF-slim, DeepLab).
+    padding: "keras" (Keras Applications: V1 pads stride-2 convs (0, 1) and
+      runs them VALID) or "same" (TF "SAME" everywhere, as TF-slim and the
+      papers' checkpoints); they differ at odd sizes. V2 is "SAME" in both.
+    pooling: with include_top=False, None returns the feature map, "avg" or
+      "max" its global pool (as Keras).
+    freeze_bn: "none", "all", or an endpoint name: batch norm up to and
+      including that endpoint normalises with its running statistics in
+      training, and its statistics and scale/offset do not move.
+  Each network adds its own knobs, `dropout` and `min_depth` among them (their
+  defaults differ). The resolution multiplier rho is the input size / 224.
+  num_classes=0 returns the pooled pre-logits (TF-slim, timm).
   """
   num_classes: int = 1000
   alpha: float = 1.0
   include_top: bool = True
+  output_stride: int = 32
+  padding: str = "keras"
+  pooling: Optional[str] = None
   bn_momentum: float = training_knob(0.997)
   bn_epsilon: float = 1e-3
+  freeze_bn: str = training_knob("none")
   bn_axis_name: Optional[str] = implementation(None)
   depthwise_impl: str = implementation("auto")
   pointwise_impl: str = implementation("dot")
@@ -90,9 +142,19 @@ class MobileNet(nn.Module):
     if not 0 <= self.dropout < 1:
       raise ConfigError(f"model.dropout={self.dropout!r} is not valid; use a "
                         "rate in [0, 1).")
-    if int(self.num_classes) != self.num_classes or self.num_classes < 1:
+    if int(self.num_classes) != self.num_classes or self.num_classes < 0:
       raise ConfigError(f"model.num_classes={self.num_classes!r} is not valid; "
-                        "use an integer >= 1.")
+                        "use an integer >= 1, or 0 for the pooled features.")
+    check_choice("model.output_stride", self.output_stride, OUTPUT_STRIDES)
+    check_choice("model.padding", self.padding, PADDINGS)
+    check_choice("model.pooling", self.pooling, POOLINGS)
+    if int(self.min_depth) != self.min_depth or self.min_depth < 1:
+      raise ConfigError(f"model.min_depth={self.min_depth!r} is not valid; use an "
+                        "integer >= 1 (the fewest channels a layer keeps).")
+    names = ("none", "all") + tuple(e.name for e in self.endpoint_plan())
+    if self.freeze_bn not in names:
+      raise ConfigError(f"model.freeze_bn={self.freeze_bn!r} is not valid; use 'none', "
+                        f"'all' or an endpoint name: {', '.join(names[2:])}.")
     if not 0 <= self.bn_momentum < 1:
       raise ConfigError(f"model.bn_momentum={self.bn_momentum!r} is not valid; "
                         "use a decay in [0, 1), e.g. 0.997 (TF-slim) or 0.9.")
@@ -103,17 +165,53 @@ class MobileNet(nn.Module):
 
   def layer_settings(self) -> LayerSettings:
     return LayerSettings(self.bn_momentum, self.bn_epsilon, self.bn_axis_name,
-                         self.depthwise_impl, self.pointwise_impl, self.dtype)
+                         self.depthwise_impl, self.pointwise_impl, self.dtype,
+                         self.frozen_bn_paths())
+
+  # Each network defines endpoint_plan() -> List[Endpoint]: every endpoint it
+  # computes, in order.
+
+  def frozen_bn_paths(self) -> Tuple[str, ...]:
+    """Module paths whose batch norm `freeze_bn` freezes ("" is all)."""
+    if self.freeze_bn == "none":
+      return ()
+    if self.freeze_bn == "all":
+      return ("",)
+    paths = []
+    for end in self.endpoint_plan():
+      paths.append(end.path)
+      if end.name == self.freeze_bn:
+        return tuple(paths)
+    raise AssertionError(self.freeze_bn)  # checked in __post_init__
+
+  def stage_endpoints(self, out_indices: Sequence[int] = (0, 1, 2, 3, 4)) -> List[str]:
+    """timm's `out_indices`: the last main-chain endpoint at each nominal
+    reduction 2, 4, 8, 16, 32 (stage i has reduction 2 ** (i + 1))."""
+    last = {}
+    for end in self.endpoint_plan():
+      if end.main:
+        last[end.reduction] = end.name
+    stages = [last[r] for r in sorted(last)]
+    for i in out_indices:
+      if not 0 <= i < len(stages):
+        raise ConfigError(f"out_indices {tuple(out_indices)} is not valid; stages "
+                          f"are 0..{len(stages) - 1} (reductions 2..32).")
+    return [stages[i] for i in out_indices]
 
   def classifier_head(self, x, train: bool):
-    """Global average pool -> dropout -> dense (float32 logits).
-
-    Without the top it returns the last feature map, as Keras does with
-    include_top=False.
+    """Global average pool -> dropout -> dense (float32 logits); with
+    num_classes=0 the pooled features. Without the top, the last feature map
+    or its `pooling`, as Keras does with include_top=False.
     """
     if not self.include_top:
+      if self.pooling == "max":
+        x = jnp.max(x, axis=(1, 2))
+      elif self.pooling == "avg":
+        x = jnp.mean(x, axis=(1, 2))
       return x.astype(jnp.float32)
     x = jnp.mean(x, axis=(1, 2))
+    if self.num_classes == 0:
+      return x.astype(jnp.float32)
     x = nn.Dropout(self.dropout, deterministic=not train, name="dropout")(x)
     x = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x)
     return x.astype(jnp.float32)

@@ -31,6 +31,7 @@ class ConvBN(nn.Module):
   padding: Padding = "SAME"
   groups: int = 1
   activation: str = "relu6"
+  dilation: int = 1
   settings: LayerSettings = LayerSettings()
 
   @nn.compact
@@ -38,34 +39,41 @@ class ConvBN(nn.Module):
     s = self.settings
     if self.groups > 1 and self.groups == x.shape[-1]:
       x = DepthwiseConv(self.features, self.kernel_size, self.strides,
-                        self.padding, s.depthwise_impl, s.dtype, name="conv")(x)
+                        self.padding, s.depthwise_impl, s.dtype,
+                        dilation=self.dilation, name="conv")(x)
     elif self.kernel_size == 1 and self.strides == 1 and self.groups == 1:
       x = Pointwise(self.features, s.dtype, s.pointwise_impl, name="conv")(x)
     else:
       x = nn.Conv(self.features, (self.kernel_size, self.kernel_size),
                   strides=self.strides, padding=self.padding,
-                  feature_group_count=self.groups, use_bias=False,
-                  dtype=s.dtype, name="conv")(x)
+                  kernel_dilation=self.dilation, feature_group_count=self.groups,
+                  use_bias=False, dtype=s.dtype, name="conv")(x)
     check_choice("activation", self.activation, ACTIVATIONS)
-    return BatchNormAct(use_running_average=not train, momentum=s.bn_momentum,
+    # A frozen batch norm normalises with its running statistics in training
+    # too (and the optimizer leaves its scale and offset alone: optim.py).
+    frozen = s.bn_is_frozen(self.path)
+    return BatchNormAct(use_running_average=not train or frozen, momentum=s.bn_momentum,
                         epsilon=s.bn_epsilon, axis_name=s.bn_axis_name,
                         activation=self.activation, dtype=s.dtype, name="bn")(x)
 
 
 class SeparableBlock(nn.Module):
   """MobileNet V1 block: 3x3 depthwise conv+BN+ReLU6, then 1x1 pointwise
-  conv+BN+ReLU6 to `features` channels (V1 paper, Figure 3 right)."""
+  conv+BN+ReLU6 to `features` channels (V1 paper, Figure 3 right).
+  Returns (output, depthwise output)."""
   features: int
   strides: int = 1
   depth_multiplier: int = 1
   padding: Padding = "SAME"
+  dilation: int = 1
   settings: LayerSettings = LayerSettings()
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = depthwise_conv_bn(x, self.depth_multiplier, self.strides, self.padding,
-                          self.settings, train, "depthwise")
-    return ConvBN(self.features, 1, settings=self.settings, name="pointwise")(x, train)
+    depthwise = depthwise_conv_bn(x, self.depth_multiplier, self.strides, self.padding,
+                                  self.dilation, self.settings, train, "depthwise")
+    x = ConvBN(self.features, 1, settings=self.settings, name="pointwise")(depthwise, train)
+    return x, depthwise
 
 
 class FullConvBlock(nn.Module):
@@ -74,11 +82,12 @@ class FullConvBlock(nn.Module):
   features: int
   strides: int = 1
   padding: Padding = "SAME"
+  dilation: int = 1
   settings: LayerSettings = LayerSettings()
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    return ConvBN(self.features, 3, self.strides, self.padding,
+    return ConvBN(self.features, 3, self.strides, self.padding, dilation=self.dilation,
                   settings=self.settings, name="conv")(x, train)
 
 
@@ -95,13 +104,15 @@ class InvertedResidual(nn.Module):
     "expansion":  this block's expansion += the previous block's expansion
                   (the classical residual between the wide layers);
     "none":       no shortcut.
-  Returns (output, expansion) so the next block can use the expansion.
+  Returns (output, expansion, depthwise output): the next block's expansion
+  shortcut uses the expansion; both are endpoints.
   """
   features: int
   expansion: float
   strides: int = 1
   bottleneck_activation: str = "linear"
   shortcut: str = "bottleneck"
+  dilation: int = 1
   settings: LayerSettings = LayerSettings()
 
   @nn.compact
@@ -117,13 +128,14 @@ class InvertedResidual(nn.Module):
     expansion = x
     # TF "SAME" padding: for stride 2 it pads 0 before and 1 after on even
     # sizes and 1 on both sides on odd ones, as Keras' `correct_pad` does.
-    x = depthwise_conv_bn(x, 1, self.strides, "SAME", self.settings, train, "depthwise")
+    depthwise = depthwise_conv_bn(x, 1, self.strides, "SAME", self.dilation,
+                                  self.settings, train, "depthwise")
     x = ConvBN(self.features, 1, activation=self.bottleneck_activation,
-               settings=self.settings, name="project")(x, train)
+               settings=self.settings, name="project")(depthwise, train)
     if self.shortcut == "bottleneck" and inputs.shape == x.shape:
       x = x + inputs
       self.sow("intermediates", "bottleneck_shortcut", inputs)
-    return x, expansion
+    return x, expansion, depthwise
 
 
 def expanded_channels(in_channels: int, expansion: float) -> int:
@@ -131,7 +143,8 @@ def expanded_channels(in_channels: int, expansion: float) -> int:
   return int(round(in_channels * expansion))
 
 
-def depthwise_conv_bn(x, depth_multiplier, strides, padding, settings, train, name):
+def depthwise_conv_bn(x, depth_multiplier, strides, padding, dilation, settings, train,
+                      name):
   """3x3 depthwise conv (groups = input channels) + BN + ReLU6.
 
   Output channel c * depth_multiplier + m is input channel c filtered by its
@@ -140,4 +153,4 @@ def depthwise_conv_bn(x, depth_multiplier, strides, padding, settings, train, na
   """
   channels = x.shape[-1]
   return ConvBN(channels * depth_multiplier, 3, strides, padding, groups=channels,
-                settings=settings, name=name)(x, train)
+                dilation=dilation, settings=settings, name=name)(x, train)

@@ -6,12 +6,13 @@ with stride s. It follows a 3x3 stride-2 stem conv with 32 channels and is
 followed by a 1x1 conv to 1280 channels.
 """
 
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import flax.linen as nn
 
 from mobilenet_jax.errors import ConfigError, check_choice
-from mobilenet_jax.models.base import MobileNet, check_image_size, training_knob
+from mobilenet_jax.models.base import (Endpoint, MobileNet, check_image_size,
+                                       stride_plan, training_knob)
 from mobilenet_jax.models.layers import ACTIVATIONS, ConvBN, InvertedResidual
 
 STEM_CHANNELS = 32
@@ -41,14 +42,20 @@ def make_divisible(v: float, divisor: int = 8, min_value: Optional[int] = None) 
   return new_v
 
 
-def block_channels(c: int, alpha: float) -> int:
-  """Output channels of a bottleneck: Keras' make_divisible(int(c * alpha), 8)."""
-  return make_divisible(int(c * alpha), 8)
+def block_channels(c: int, alpha: float, divisor: int = 8, min_depth: int = 8) -> int:
+  """Output channels of a bottleneck: Keras' make_divisible(int(c * alpha), 8);
+  TF-slim's divisible_by and min_depth are the 8s."""
+  return make_divisible(int(c * alpha), divisor, min_depth)
 
 
-def head_channels(alpha: float) -> int:
-  """The last conv keeps 1280 channels unless alpha > 1 widens it."""
-  return make_divisible(HEAD_CHANNELS * alpha, 8) if alpha > 1.0 else HEAD_CHANNELS
+def head_channels(alpha: float, divisor: int = 8, min_depth: int = 8,
+                  finegrain: bool = True) -> int:
+  """The last conv keeps 1280 channels unless alpha > 1 widens it (Keras, and
+  TF-slim's finegrain_classification_mode); without finegrain mode it follows
+  alpha down too (TF-slim's default)."""
+  if alpha > 1.0 or not finegrain:
+    return make_divisible(HEAD_CHANNELS * alpha, divisor, min_depth)
+  return HEAD_CHANNELS
 
 
 def block_plan(blocks, expansion: Optional[float]):
@@ -65,19 +72,35 @@ def block_plan(blocks, expansion: Optional[float]):
   return plan
 
 
+def layer_strides(blocks, expansion: Optional[float], output_stride: int):
+  """(stride, dilation) of the stem and of each block, after output_stride."""
+  strides = [2] + [s for _, _, s in block_plan(blocks, expansion)]
+  return stride_plan(strides, output_stride)
+
+
 class MobileNetV2(MobileNet):
   """MobileNetV2 with the paper's knobs (and those of `MobileNet`).
 
   Attributes:
     alpha: width multiplier; channels are make_divisible(c * alpha, 8).
+    min_depth, divisible_by: TF-slim's width rounding (Keras's 8 and 8).
+    finegrain_classification_mode: keep the last layer at 1280 channels when
+      alpha < 1 (Keras; TF-slim's default is False, which shrinks it).
     dropout: dropout rate before the classifier (TF-slim's 0.2).
     expansion: if set, the expansion ratio t of every block with t != 1.
     bottleneck_activation: after the 1x1 projection: "linear" (the paper),
       "relu6" or "relu" (Figure 6a).
     shortcut: "bottleneck" (the paper), "expansion" or "none" (Figure 6b).
     blocks: the (t, c, n, s) table; replace it from config.
+  Endpoints (TF-slim's names): layer_1 (the stem); for block k = 2.. (the
+  table's rows expanded) layer_k/expansion_output (where t != 1),
+  layer_k/depthwise_output and layer_k; then the last 1x1 conv (layer_19 with
+  the paper's table). `padding` changes nothing here: Keras pads V2 as "SAME".
   """
   dropout: float = training_knob(0.2)
+  min_depth: int = 8
+  divisible_by: int = 8
+  finegrain_classification_mode: bool = True
   expansion: Optional[float] = None
   bottleneck_activation: str = "linear"
   shortcut: str = "bottleneck"
@@ -90,19 +113,54 @@ class MobileNetV2(MobileNet):
     if self.expansion is not None and not self.expansion >= 1:
       raise ConfigError(f"model.expansion={self.expansion!r} is not valid; "
                         "use a ratio >= 1 (the paper uses 6) or None.")
+    if int(self.divisible_by) != self.divisible_by or self.divisible_by < 1:
+      raise ConfigError(f"model.divisible_by={self.divisible_by!r} is not valid; "
+                        "use an integer >= 1 (Keras and TF-slim: 8).")
     super().__post_init__()
 
+  def endpoint_plan(self) -> List[Endpoint]:
+    plan = [Endpoint("layer_1", "stem", 2, True)]
+    reduction = 2
+    for i, (t, _, s) in enumerate(block_plan(self.blocks, self.expansion)):
+      layer = f"layer_{i + 2}"
+      if t != 1:
+        plan.append(Endpoint(f"{layer}/expansion_output", f"block_{i}/expand", reduction,
+                             False))
+      reduction *= s
+      plan += [Endpoint(f"{layer}/depthwise_output", f"block_{i}/depthwise", reduction, False),
+               Endpoint(layer, f"block_{i}", reduction, True)]
+    blocks = len(block_plan(self.blocks, self.expansion))
+    return plan + [Endpoint(f"layer_{blocks + 2}", "head", reduction, True)]
+
+  def channels(self, c: int) -> int:
+    return block_channels(c, self.alpha, self.divisible_by, self.min_depth)
+
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, endpoints: bool = False):
+    """Logits (or what include_top, pooling and num_classes say), or with
+    endpoints=True a dict of every endpoint's feature map (no head)."""
     check_image_size(min(x.shape[1:3]), "MobileNetV2")
     settings = self.layer_settings()
+    (stem_stride, _), *strides = layer_strides(self.blocks, self.expansion,
+                                               self.output_stride)
     x = x.astype(self.dtype)
-    x = ConvBN(make_divisible(STEM_CHANNELS * self.alpha), 3, 2, "SAME",
-               settings=settings, name="stem")(x, train)
+    x = ConvBN(make_divisible(STEM_CHANNELS * self.alpha, self.divisible_by, self.min_depth),
+               3, stem_stride, "SAME", settings=settings, name="stem")(x, train)
+    ends = {"layer_1": x}
     expansion = None  # the first block (t = 1) has no expansion layer
-    for i, (t, c, s) in enumerate(block_plan(self.blocks, self.expansion)):
-      x, expansion = InvertedResidual(
-          block_channels(c, self.alpha), t, s, self.bottleneck_activation,
-          self.shortcut, settings=settings, name=f"block_{i}")(x, expansion, train)
-    x = ConvBN(head_channels(self.alpha), 1, settings=settings, name="head")(x, train)
+    plan = block_plan(self.blocks, self.expansion)
+    for i, ((t, c, _), (s, rate)) in enumerate(zip(plan, strides)):
+      x, expansion, depthwise = InvertedResidual(
+          self.channels(c), t, s, self.bottleneck_activation, self.shortcut, rate,
+          settings=settings, name=f"block_{i}")(x, expansion, train)
+      layer = f"layer_{i + 2}"
+      if t != 1:
+        ends[f"{layer}/expansion_output"] = expansion
+      ends.update({f"{layer}/depthwise_output": depthwise, layer: x})
+    x = ConvBN(head_channels(self.alpha, self.divisible_by, self.min_depth,
+                             self.finegrain_classification_mode),
+               1, settings=settings, name="head")(x, train)
+    ends[f"layer_{len(plan) + 2}"] = x
+    if endpoints:
+      return ends
     return self.classifier_head(x, train)

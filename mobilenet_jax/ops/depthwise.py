@@ -7,6 +7,12 @@ C++ compiler is found, the same convolution as k*k shifted multiply-adds in pure
 JAX; on GPU/TPU XLA's grouped convolution is the fast one
 (`python -m mobilenet_jax.benchmark --depthwise_impl=...` measures each). All
 give the same outputs and gradients (tests/depthwise_test.py).
+
+Each takes a dilation rate: output-stride 8/16 backbones (TF-slim, DeepLab) set
+the last strides to 1 and dilate the depthwise convolutions after them, taps
+`rate` apart. The native kernel costs the same at any rate; XLA's grouped
+convolution is as slow dilated as not on CPU, and slower dilated on GPUs
+(jax-ml/jax#26266).
 """
 
 import functools
@@ -18,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from mobilenet_jax.errors import check_choice
+from mobilenet_jax.errors import ConfigError, check_choice
 from mobilenet_jax.ops import native
 from mobilenet_jax.ops.sharding import vary_like
 
@@ -38,68 +44,89 @@ def resolve_impl(impl: str) -> str:
   return impl
 
 
-def explicit_padding(size: int, k: int, stride: int, padding: Padding, axis: int):
-  """(before, after) padding of one spatial axis; "SAME" as TF computes it."""
+def check_dilation(dilation) -> int:
+  """The dilation rate as an int >= 1, else a ConfigError naming it."""
+  if isinstance(dilation, bool) or not isinstance(dilation, (int, np.integer)) or dilation < 1:
+    raise ConfigError(f"depthwise dilation={dilation!r} is not valid; it must be an "
+                      "integer >= 1 (1: no dilation).")
+  return int(dilation)
+
+
+def dilated_size(k: int, dilation: int) -> int:
+  """The window a kernel of k taps, `dilation` apart, spans."""
+  return (k - 1) * dilation + 1
+
+
+def explicit_padding(size: int, k: int, stride: int, padding: Padding, axis: int,
+                     dilation: int = 1):
+  """(before, after) padding of one spatial axis; "SAME" as TF computes it
+  (with dilation, for the dilated window, as TF and lax do)."""
   if padding == "SAME":
     out = -(-size // stride)
-    total = max((out - 1) * stride + k - size, 0)
+    total = max((out - 1) * stride + dilated_size(k, dilation) - size, 0)
     return total // 2, total - total // 2
   if padding == "VALID":
     return 0, 0
   return tuple(padding[axis])
 
 
-def output_size(size: int, k: int, stride: int, pad: Tuple[int, int]) -> int:
-  return (size + sum(pad) - k) // stride + 1
+def output_size(size: int, k: int, stride: int, pad: Tuple[int, int], dilation: int = 1) -> int:
+  return (size + sum(pad) - dilated_size(k, dilation)) // stride + 1
 
 
-def spatial_geometry(x_shape, kernel_shape, strides: int, padding: Padding):
+def spatial_geometry(x_shape, kernel_shape, strides: int, padding: Padding, dilation: int = 1):
   """((pad_top, pad_bottom), (pad_left, pad_right)), (out_h, out_w) for NHWC x."""
-  pads = tuple(explicit_padding(x_shape[1 + axis], kernel_shape[axis], strides, padding, axis)
-               for axis in (0, 1))
-  out_hw = tuple(output_size(x_shape[1 + axis], kernel_shape[axis], strides, pads[axis])
-                 for axis in (0, 1))
+  pads = tuple(explicit_padding(x_shape[1 + axis], kernel_shape[axis], strides, padding, axis,
+                                dilation) for axis in (0, 1))
+  out_hw = tuple(output_size(x_shape[1 + axis], kernel_shape[axis], strides, pads[axis],
+                             dilation) for axis in (0, 1))
   return pads, out_hw
 
 
-def depthwise_lax(x, kernel, strides: int, padding: Padding):
+def depthwise_lax(x, kernel, strides: int, padding: Padding, dilation: int = 1):
   """XLA's grouped convolution; kernel (k, k, 1, C * m)."""
+  dilation = check_dilation(dilation)
   return lax.conv_general_dilated(
       x, kernel, (strides, strides), padding if isinstance(padding, str) else padding,
-      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1])
+      rhs_dilation=(dilation, dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=x.shape[-1])
 
 
-def depthwise_shift(x, kernel, strides: int, padding: Padding):
-  """The same convolution as k*k strided slices times per-channel weights."""
+def depthwise_shift(x, kernel, strides: int, padding: Padding, dilation: int = 1):
+  """The same convolution as k*k strided slices times per-channel weights; with
+  dilation the slices start `dilation` apart."""
+  dilation = check_dilation(dilation)
   kh, kw, _, features = kernel.shape
   multiplier = features // x.shape[-1]
   if multiplier > 1:  # output channel c*m + j reads input channel c
     x = jnp.repeat(x, multiplier, axis=-1)
-  (ph, pw), (oh, ow) = spatial_geometry(x.shape, kernel.shape, strides, padding)
+  (ph, pw), (oh, ow) = spatial_geometry(x.shape, kernel.shape, strides, padding, dilation)
   x = jnp.pad(x, ((0, 0), ph, pw, (0, 0)))
   out = None
   for i in range(kh):
     for j in range(kw):
-      tap = x[:, i:i + (oh - 1) * strides + 1:strides,
-              j:j + (ow - 1) * strides + 1:strides, :] * kernel[i, j, 0]
+      top, left = i * dilation, j * dilation
+      tap = x[:, top:top + (oh - 1) * strides + 1:strides,
+              left:left + (ow - 1) * strides + 1:strides, :] * kernel[i, j, 0]
       out = tap if out is None else out + tap
   return out
 
 
-def depthwise_native(x, kernel, strides: int, padding: Padding):
+def depthwise_native(x, kernel, strides: int, padding: Padding, dilation: int = 1):
   """The native CPU kernel, in float32 whatever the compute dtype."""
+  dilation = check_dilation(dilation)
   native.load()  # builds once per machine, registers once per process
-  (ph, pw), out_hw = spatial_geometry(x.shape, kernel.shape, strides, padding)
+  (ph, pw), out_hw = spatial_geometry(x.shape, kernel.shape, strides, padding, dilation)
   y = _native_conv(x.astype(jnp.float32), vary_like(kernel.astype(jnp.float32), x),
-                   (strides, ph[0], pw[0]), out_hw)
+                   (strides, dilation, ph[0], pw[0]), out_hw)
   return y.astype(x.dtype)
 
 
 def _ffi(target: str, shape, a, b, geometry):
-  stride, pad_top, pad_left = (np.int64(v) for v in geometry)
+  stride, dilation, pad_top, pad_left = (np.int64(v) for v in geometry)
   result = jax.ShapeDtypeStruct(shape, jnp.float32)
   out = jax.ffi.ffi_call(native.TARGETS[target], result, vmap_method="sequential")(
-      a, b, stride=stride, pad_top=pad_top, pad_left=pad_left)
+      a, b, stride=stride, dilation=dilation, pad_top=pad_top, pad_left=pad_left)
   return vary_like(out, a)
 
 
@@ -125,17 +152,20 @@ IMPL_FNS = {"lax": depthwise_lax, "shift": depthwise_shift, "native": depthwise_
 
 class DepthwiseConv(nn.Module):
   """Depthwise k x k convolution without bias; kernel (k, k, 1, features),
-  the parameter nn.Conv(feature_group_count=C) would create."""
+  the parameter nn.Conv(feature_group_count=C) would create. `dilation` > 1
+  spaces the taps that far apart (atrous; nn.Conv's kernel_dilation)."""
   features: int
   kernel_size: int = 3
   strides: int = 1
   padding: Padding = "SAME"
   impl: str = "auto"
   dtype: Any = jnp.float32
+  dilation: int = 1
 
   @nn.compact
   def __call__(self, x):
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
                         (self.kernel_size, self.kernel_size, 1, self.features))
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    return IMPL_FNS[resolve_impl(self.impl)](x, kernel, self.strides, self.padding)
+    return IMPL_FNS[resolve_impl(self.impl)](x, kernel, self.strides, self.padding,
+                                             self.dilation)

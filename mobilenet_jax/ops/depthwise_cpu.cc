@@ -10,8 +10,11 @@
 //
 // Shapes: x (N, H, W, C); kernel (KH, KW, 1, C * M); y (N, OH, OW, C * M), where
 // output channel c * M + q reads input channel c (lax's feature_group_count=C).
-// `stride`, `pad_top`, `pad_left` are attributes; H, W come from the operands and
-// OH, OW from the result, so any padding (SAME, VALID, explicit) works.
+// `stride`, `dilation`, `pad_top`, `pad_left` are attributes; H, W come from the
+// operands and OH, OW from the result, so any padding (SAME, VALID, explicit) works.
+// With dilation (rate) r, tap i reads input row oh * stride + i * r - pad_top: the
+// atrous convolution of output-stride 8/16 backbones (TF-slim, DeepLab). Only the
+// tap offsets change, so any rate runs as fast as rate 1.
 
 #include <algorithm>
 #include <atomic>
@@ -29,7 +32,7 @@ namespace ffi = xla::ffi;
 namespace {
 
 struct Geometry {
-  int64_t n, h, w, c, m, kh, kw, oh, ow, stride, pad_top, pad_left;
+  int64_t n, h, w, c, m, kh, kw, oh, ow, stride, rate, pad_top, pad_left;
   int64_t cm() const { return c * m; }
 };
 
@@ -90,9 +93,9 @@ inline void MulAccReduce(float* __restrict acc, const float* __restrict a,
 }
 
 // The input row and column an output position's tap (i, j) reads, or -1.
-inline int64_t InputIndex(int64_t out, int64_t tap, int64_t stride, int64_t pad,
+inline int64_t InputIndex(int64_t out, int64_t tap, int64_t stride, int64_t rate, int64_t pad,
                           int64_t size) {
-  int64_t in = out * stride + tap - pad;
+  int64_t in = out * stride + tap * rate - pad;
   return (in < 0 || in >= size) ? -1 : in;
 }
 
@@ -102,12 +105,12 @@ template <typename F>
 void ForEachTap(const Geometry& g, const float* x, int64_t row, F fn) {
   const int64_t b = row / g.oh, oh = row % g.oh;
   for (int64_t i = 0; i < g.kh; ++i) {
-    const int64_t ih = InputIndex(oh, i, g.stride, g.pad_top, g.h);
+    const int64_t ih = InputIndex(oh, i, g.stride, g.rate, g.pad_top, g.h);
     if (ih < 0) continue;
     const float* xrow = x + (b * g.h + ih) * g.w * g.c;
     for (int64_t ow = 0; ow < g.ow; ++ow) {
       for (int64_t j = 0; j < g.kw; ++j) {
-        const int64_t iw = InputIndex(ow, j, g.stride, g.pad_left, g.w);
+        const int64_t iw = InputIndex(ow, j, g.stride, g.rate, g.pad_left, g.w);
         if (iw >= 0) fn(xrow + iw * g.c, ow, i * g.kw + j);
       }
     }
@@ -159,20 +162,20 @@ void DotTaps(float* __restrict out, const float* const* a, const float* const* b
 struct TapPair {
   int64_t tap, pos;
 };
-int64_t InputsOf(int64_t out, int64_t k, int64_t stride, int64_t pad, int64_t size,
-                 TapPair* pairs) {
+int64_t InputsOf(int64_t out, int64_t k, int64_t stride, int64_t rate, int64_t pad,
+                 int64_t size, TapPair* pairs) {
   int64_t count = 0;
   for (int64_t t = 0; t < k; ++t) {
-    const int64_t in = out * stride + t - pad;
+    const int64_t in = out * stride + t * rate - pad;
     if (in >= 0 && in < size) pairs[count++] = {t, in};
   }
   return count;
 }
-int64_t OutputsOf(int64_t in, int64_t k, int64_t stride, int64_t pad, int64_t size,
-                  TapPair* pairs) {
+int64_t OutputsOf(int64_t in, int64_t k, int64_t stride, int64_t rate, int64_t pad,
+                  int64_t size, TapPair* pairs) {
   int64_t count = 0;
   for (int64_t t = 0; t < k; ++t) {
-    const int64_t u = in + pad - t;
+    const int64_t u = in + pad - t * rate;
     if (u >= 0 && u % stride == 0 && u / stride < size) pairs[count++] = {t, u / stride};
   }
   return count;
@@ -211,8 +214,12 @@ void Forward(ffi::ThreadPool& pool, const Geometry& g, const float* x, const flo
   if (g.m == 1) {
     GatherTaps(
         pool, g, g.oh, g.ow,
-        [&](int64_t oh, TapPair* p) { return InputsOf(oh, g.kh, g.stride, g.pad_top, g.h, p); },
-        [&](int64_t ow, TapPair* p) { return InputsOf(ow, g.kw, g.stride, g.pad_left, g.w, p); },
+        [&](int64_t oh, TapPair* p) {
+          return InputsOf(oh, g.kh, g.stride, g.rate, g.pad_top, g.h, p);
+        },
+        [&](int64_t ow, TapPair* p) {
+          return InputsOf(ow, g.kw, g.stride, g.rate, g.pad_left, g.w, p);
+        },
         x, g.h, g.w, k, y);
     return;
   }
@@ -233,8 +240,12 @@ void InputGrad(ffi::ThreadPool& pool, const Geometry& g, const float* dy, const 
   if (g.m == 1) {
     GatherTaps(
         pool, g, g.h, g.w,
-        [&](int64_t ih, TapPair* p) { return OutputsOf(ih, g.kh, g.stride, g.pad_top, g.oh, p); },
-        [&](int64_t iw, TapPair* p) { return OutputsOf(iw, g.kw, g.stride, g.pad_left, g.ow, p); },
+        [&](int64_t ih, TapPair* p) {
+          return OutputsOf(ih, g.kh, g.stride, g.rate, g.pad_top, g.oh, p);
+        },
+        [&](int64_t iw, TapPair* p) {
+          return OutputsOf(iw, g.kw, g.stride, g.rate, g.pad_left, g.ow, p);
+        },
         dy, g.oh, g.ow, k, dx);
     return;
   }
@@ -245,12 +256,12 @@ void InputGrad(ffi::ThreadPool& pool, const Geometry& g, const float* dy, const 
       float* dxrow = dx + row * g.w * g.c;
       std::memset(dxrow, 0, sizeof(float) * g.w * g.c);
       for (int64_t i = 0; i < g.kh; ++i) {
-        const int64_t t = ih + g.pad_top - i;
+        const int64_t t = ih + g.pad_top - i * g.rate;
         if (t < 0 || t % g.stride != 0 || t / g.stride >= g.oh) continue;
         const float* dyrow = dy + (b * g.oh + t / g.stride) * g.ow * cm;
         for (int64_t iw = 0; iw < g.w; ++iw) {
           for (int64_t j = 0; j < g.kw; ++j) {
-            const int64_t u = iw + g.pad_left - j;
+            const int64_t u = iw + g.pad_left - j * g.rate;
             if (u < 0 || u % g.stride != 0 || u / g.stride >= g.ow) continue;
             MulAccReduce(dxrow + iw * g.c, dyrow + (u / g.stride) * cm,
                          k + (i * g.kw + j) * cm, g.c, g.m);
@@ -286,10 +297,10 @@ using F32Out = ffi::ResultBuffer<ffi::F32>;
 
 // x: (N, H, W, C), kernel: (KH, KW, 1, C*M), y: (N, OH, OW, C*M).
 Geometry FromShapes(ffi::Span<const int64_t> x, ffi::Span<const int64_t> kernel,
-                    ffi::Span<const int64_t> y, int64_t stride, int64_t pad_top,
-                    int64_t pad_left) {
+                    ffi::Span<const int64_t> y, int64_t stride, int64_t rate,
+                    int64_t pad_top, int64_t pad_left) {
   return Geometry{x[0], x[1], x[2], x[3], kernel[3] / x[3], kernel[0], kernel[1],
-                  y[1], y[2], stride, pad_top, pad_left};
+                  y[1], y[2], stride, rate, pad_top, pad_left};
 }
 
 ffi::Error CheckRanks(size_t a, size_t b, size_t c) {
@@ -298,29 +309,29 @@ ffi::Error CheckRanks(size_t a, size_t b, size_t c) {
   return ffi::Error::Success();
 }
 
-ffi::Error ForwardImpl(ffi::ThreadPool pool, F32 x, F32 k, F32Out y, int64_t stride, int64_t pad_top,
-                       int64_t pad_left) {
+ffi::Error ForwardImpl(ffi::ThreadPool pool, F32 x, F32 k, F32Out y, int64_t stride, int64_t rate,
+                       int64_t pad_top, int64_t pad_left) {
   auto dx = x.dimensions(), dk = k.dimensions(), dy = y->dimensions();
   if (auto e = CheckRanks(dx.size(), dk.size(), dy.size()); e.failure()) return e;
-  Forward(pool, FromShapes(dx, dk, dy, stride, pad_top, pad_left), x.typed_data(), k.typed_data(),
-          y->typed_data());
+  Forward(pool, FromShapes(dx, dk, dy, stride, rate, pad_top, pad_left), x.typed_data(),
+          k.typed_data(), y->typed_data());
   return ffi::Error::Success();
 }
 
-ffi::Error InputGradImpl(ffi::ThreadPool pool, F32 dy, F32 k, F32Out dx, int64_t stride, int64_t pad_top,
-                         int64_t pad_left) {
+ffi::Error InputGradImpl(ffi::ThreadPool pool, F32 dy, F32 k, F32Out dx, int64_t stride,
+                         int64_t rate, int64_t pad_top, int64_t pad_left) {
   auto sx = dx->dimensions(), sk = k.dimensions(), sy = dy.dimensions();
   if (auto e = CheckRanks(sx.size(), sk.size(), sy.size()); e.failure()) return e;
-  InputGrad(pool, FromShapes(sx, sk, sy, stride, pad_top, pad_left), dy.typed_data(),
+  InputGrad(pool, FromShapes(sx, sk, sy, stride, rate, pad_top, pad_left), dy.typed_data(),
             k.typed_data(), dx->typed_data());
   return ffi::Error::Success();
 }
 
-ffi::Error KernelGradImpl(ffi::ThreadPool pool, F32 x, F32 dy, F32Out dk, int64_t stride, int64_t pad_top,
-                          int64_t pad_left) {
+ffi::Error KernelGradImpl(ffi::ThreadPool pool, F32 x, F32 dy, F32Out dk, int64_t stride,
+                          int64_t rate, int64_t pad_top, int64_t pad_left) {
   auto sx = x.dimensions(), sk = dk->dimensions(), sy = dy.dimensions();
   if (auto e = CheckRanks(sx.size(), sk.size(), sy.size()); e.failure()) return e;
-  KernelGrad(pool, FromShapes(sx, sk, sy, stride, pad_top, pad_left), x.typed_data(),
+  KernelGrad(pool, FromShapes(sx, sk, sy, stride, rate, pad_top, pad_left), x.typed_data(),
              dy.typed_data(), dk->typed_data());
   return ffi::Error::Success();
 }
@@ -334,6 +345,7 @@ ffi::Error KernelGradImpl(ffi::ThreadPool pool, F32 x, F32 dy, F32Out dk, int64_
       .Arg<F32>()                                                \
       .Ret<F32>()                                                \
       .Attr<int64_t>("stride")                                   \
+      .Attr<int64_t>("dilation")                                 \
       .Attr<int64_t>("pad_top")                                  \
       .Attr<int64_t>("pad_left")
 

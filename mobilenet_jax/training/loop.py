@@ -210,7 +210,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   check_eval_only(config, builder, manager)
   per_epoch = steps_per_epoch(config, builder)
   num_steps = total_steps(config, per_epoch)
-  tx, schedule = optim.create_optimizer(config, per_epoch, num_steps)
+  tx, schedule = optim.create_optimizer(config, per_epoch, num_steps,
+                                       frozen_bn=model.frozen_bn_paths())
   state = create_train_state(eval_model, config.image_size, tx, jax.random.key(config.seed),
                              ema=config.ema_decay > 0)
   if config.init_from and manager.latest_step() is None:

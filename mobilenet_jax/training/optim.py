@@ -9,12 +9,14 @@ decays decoupled. No TensorFlow import: this runs in the training loop.
 """
 
 import re
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from mobilenet_jax.errors import check_choice
+from mobilenet_jax.models.base import bn_is_frozen
 
 SCHEDULES = ("constant", "cosine", "exponential")
 OPTIMIZERS = ("rmsprop_tf", "sgd", "adamw")
@@ -97,15 +99,31 @@ def _base_optimizer(config, schedule):
                       mask=_mask_fn(config))]
 
 
-def create_optimizer(config, steps_per_epoch: int, total_steps: int):
-  """Returns (optax transformation, learning-rate schedule) from `config`."""
+def frozen_labels(frozen_bn: Sequence[str]):
+  """params -> "frozen" for the batch-norm scale and offset of layers under a
+  frozen module path (models.base.bn_is_frozen), "train" elsewhere."""
+  def label(path, _):
+    *module, bn, _ = _path_str(path).split("/")
+    return "frozen" if bn == "bn" and bn_is_frozen("/".join(module), frozen_bn) else "train"
+  return lambda params: jax.tree_util.tree_map_with_path(label, params)
+
+
+def create_optimizer(config, steps_per_epoch: int, total_steps: int,
+                     frozen_bn: Sequence[str] = ()):
+  """Returns (optax transformation, learning-rate schedule) from `config`.
+  Batch norm under the module paths `frozen_bn` gets no updates at all (no
+  weight decay either): fine-tuning with frozen BN."""
   check_choice("optimizer", config.optimizer, OPTIMIZERS)
   schedule = create_schedule(config, steps_per_epoch, total_steps)
   parts = []
   if config.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
   parts += _base_optimizer(config, schedule)
-  return optax.chain(*parts), schedule
+  tx = optax.chain(*parts)
+  if frozen_bn:
+    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
+                               frozen_labels(frozen_bn))
+  return tx, schedule
 
 
 def update_ema(ema_params, params, decay, step):
