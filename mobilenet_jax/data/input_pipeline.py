@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from mobilenet_jax.data import imagenet_like  # noqa: F401  (registers imagenet_like)
 from mobilenet_jax.data import sklearn_digits  # noqa: F401  (registers sklearn_digits)
 from mobilenet_jax.defaults import EVAL_PREPROCESS, TRAIN_AUGMENT
 from mobilenet_jax.errors import ConfigError, check_choice
@@ -36,7 +37,8 @@ CACHE_LIMIT_BYTES = 2 << 30  # keep decoded datasets below this in memory
 def prepare_lock(name: str):
   """One process at a time prepares a dataset on this machine (parallel runs
   of a sweep, or test workers, would otherwise race on TFDS's directories)."""
-  path = os.path.join(tempfile.gettempdir(), f"mobilenet_jax_tfds_{name}.lock")
+  safe = name.replace("/", "_")  # "imagenet_like/n2000": one file, not a folder
+  path = os.path.join(tempfile.gettempdir(), f"mobilenet_jax_tfds_{safe}.lock")
   with open(path, "w") as f:
     if fcntl is not None:
       fcntl.flock(f, fcntl.LOCK_EX)
