@@ -102,7 +102,8 @@ def test_bad_variant_names_the_format():
 
 
 def test_models_and_train_step_import_without_tensorflow():
-  """GPU benchmark machines have JAX but no TensorFlow (docs/design.md, "GPU machines: JAX without TensorFlow")."""
+  """GPU benchmark machines have JAX but no TensorFlow (docs/design.md, "GPU
+  machines: JAX without TensorFlow")."""
   code = ("import sys; import mobilenet_jax.training.steps, mobilenet_jax.data.synthetic, "
           "mobilenet_jax.madds, mobilenet_jax.parallel, mobilenet_jax.defaults; "
           "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'")
