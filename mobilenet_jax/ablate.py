@@ -35,7 +35,6 @@ from absl import flags, logging
 
 from mobilenet_jax import cli, defaults, report
 from mobilenet_jax.errors import ConfigError
-from mobilenet_jax.models import model_attributes
 
 flags.DEFINE_string("sweep", None, "Sweep definition file (get_sweep()).")
 flags.DEFINE_string("workdir", None, "Directory of the sweep's runs.")
@@ -67,13 +66,9 @@ def parse_value(text: str):
 
 def apply_overrides(config, overrides: Dict[str, object], where: str):
   """Sets dotted keys of `config`; an unknown key is a ConfigError naming it.
-  Any attribute of the configured model counts as a key of config.model
-  (e.g. model.blocks, which the default leaves to the model's own table)."""
+  (config.model holds every knob of its model, model.blocks included.)"""
   for key, value in overrides.items():
     unknown = cli.unknown_key(config, key)
-    if unknown and key.startswith("model.") and key.count(".") == 1 and (
-        key[len("model."):] in model_attributes(config.model.name)):
-      unknown = None
     if unknown:
       raise ConfigError(f"{where}: {unknown}")
     *parents, leaf = key.split(".")
