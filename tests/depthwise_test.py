@@ -25,30 +25,7 @@ GRID_IMPLS = [pytest.param(i, marks=pytest.mark.slow) if i == "shift" else i
               for i in sorted(FAST)]
 
 
-@pytest.mark.parametrize("size", [7, 8])  # odd and even: SAME pads differ
-@pytest.mark.parametrize("strides", [1, 2])
-@pytest.mark.parametrize("k", [3, 5])
-@pytest.mark.parametrize("multiplier", [1, 2])
-@pytest.mark.parametrize("padding", ["SAME", ((0, 1), (2, 0))])
-@pytest.mark.parametrize("impl", GRID_IMPLS)
-def test_fast_equals_lax_forward_and_gradients(size, strides, k, multiplier, padding, impl):
-  x = jax.random.normal(jax.random.key(0), (2, size, size + 1, 3))
-  kernel = jax.random.normal(jax.random.key(1), (k, k, 1, 3 * multiplier))
-
-  def loss(fn):
-    return lambda x, w: jnp.sum(jnp.sin(fn(x, w, strides, padding)))
-
-  ref = depthwise_lax(x, kernel, strides, padding)
-  out = FAST[impl](x, kernel, strides, padding)
-  assert out.shape == ref.shape
-  np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
-  g_ref = jax.jit(jax.grad(loss(depthwise_lax), argnums=(0, 1)))(x, kernel)
-  g_out = jax.jit(jax.grad(loss(FAST[impl]), argnums=(0, 1)))(x, kernel)
-  for a, b in zip(g_out, g_ref):
-    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
-
-
-def dilated_reference(x, kernel, strides, padding, dilation):
+def lax_reference(x, kernel, strides, padding, dilation):
   """lax's own dilated grouped convolution, independent of depthwise_lax."""
   return lax.conv_general_dilated(x, kernel, (strides, strides), padding,
                                   rhs_dilation=(dilation, dilation),
@@ -56,21 +33,31 @@ def dilated_reference(x, kernel, strides, padding, dilation):
                                   feature_group_count=x.shape[-1])
 
 
-def assert_dilated_matches_reference(impl, size, strides, k, multiplier, padding, dilation):
+def assert_matches_lax(impl, size, strides, k, multiplier, padding, dilation):
   x = jax.random.normal(jax.random.key(0), (2, size, size + 1, 3))
   kernel = jax.random.normal(jax.random.key(1), (k, k, 1, 3 * multiplier))
 
   def loss(fn):
     return lambda x, w: jnp.sum(jnp.sin(fn(x, w, strides, padding, dilation)))
 
-  ref = dilated_reference(x, kernel, strides, padding, dilation)
+  ref = lax_reference(x, kernel, strides, padding, dilation)
   out = FAST[impl](x, kernel, strides, padding, dilation)
   assert out.shape == ref.shape
   np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
-  g_ref = jax.jit(jax.grad(loss(dilated_reference), argnums=(0, 1)))(x, kernel)
+  g_ref = jax.jit(jax.grad(loss(lax_reference), argnums=(0, 1)))(x, kernel)
   g_out = jax.jit(jax.grad(loss(FAST[impl]), argnums=(0, 1)))(x, kernel)
   for a, b in zip(g_out, g_ref):
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("size", [7, 8])  # odd and even: SAME pads differ
+@pytest.mark.parametrize("strides", [1, 2])
+@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("multiplier", [1, 2])
+@pytest.mark.parametrize("padding", ["SAME", ((0, 1), (2, 0))])
+@pytest.mark.parametrize("impl", GRID_IMPLS)
+def test_fast_equals_lax_forward_and_gradients(size, strides, k, multiplier, padding, impl):
+  assert_matches_lax(impl, size, strides, k, multiplier, padding, 1)
 
 
 # Output-stride 8/16 backbones dilate by 2, 4 (8 ...); rate 4 on 7 or 8 pixels
@@ -82,21 +69,21 @@ def assert_dilated_matches_reference(impl, size, strides, k, multiplier, padding
 @pytest.mark.parametrize("multiplier", [1, 2])
 @pytest.mark.parametrize("impl", GRID_IMPLS)
 def test_dilated_fast_equals_lax_forward_and_gradients(size, strides, dilation, multiplier, impl):
-  assert_dilated_matches_reference(impl, size, strides, 3, multiplier, "SAME", dilation)
+  assert_matches_lax(impl, size, strides, 3, multiplier, "SAME", dilation)
 
 
 @pytest.mark.parametrize("strides, multiplier, padding", [
     (1, 1, "SAME"), (2, 2, "SAME"), (1, 2, ((3, 4), (0, 5))), (2, 1, "VALID")])
 @pytest.mark.parametrize("impl", sorted(FAST))
 def test_dilated_kernel_5_and_explicit_padding(strides, multiplier, padding, impl):
-  assert_dilated_matches_reference(impl, 13, strides, 5, multiplier, padding, 2)
+  assert_matches_lax(impl, 13, strides, 5, multiplier, padding, 2)
 
 
 def test_depthwise_lax_dilation_is_rhs_dilation():
   x = jax.random.normal(jax.random.key(0), (2, 9, 10, 4))
   kernel = jax.random.normal(jax.random.key(1), (3, 3, 1, 8))
   np.testing.assert_array_equal(depthwise_lax(x, kernel, 1, "SAME", 2),
-                                dilated_reference(x, kernel, 1, "SAME", 2))
+                                lax_reference(x, kernel, 1, "SAME", 2))
 
 
 @pytest.mark.parametrize("impl", ["lax", "shift", "native"])

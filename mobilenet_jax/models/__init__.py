@@ -19,6 +19,7 @@ MODELS = {
     "mobilenet_v1": MobileNetV1,
     "mobilenet_v2": MobileNetV2,
 }
+MODEL_NAMES = {cls: name for name, cls in MODELS.items()}
 
 
 def _fields(name: str):
@@ -48,8 +49,6 @@ def architecture(model) -> dict:
   return {f.name: getattr(model, f.name) for f in knobs(MODEL_NAMES[type(model)])
           if kind(f) == ARCHITECTURE}
 
-
-MODEL_NAMES = {cls: name for name, cls in MODELS.items()}
 
 
 def get_model(model_config: Mapping[str, Any], **overrides):
