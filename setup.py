@@ -28,6 +28,7 @@ setup(
         TF_CPU,
         TF_OTHER,
         "tensorflow-datasets>=4.9.6",
+        "grain>=0.2.12",  # the input pipeline (pulls array-record)
         "importlib_resources",  # tfds builds datasets with it but does not require it
         "tensorboard>=2.16",
         "scikit-learn>=1.3",

@@ -71,10 +71,10 @@ FLAGS = flags.FLAGS
 def pipeline_batches(local_batch: int):
   """Batches of the real input pipeline at the benchmark's size."""
   from mobilenet_jax import defaults
-  from mobilenet_jax.data import input_pipeline
+  from mobilenet_jax.data import datasets, input_pipeline
   config = defaults.get_config()
   config.dataset, config.image_size = FLAGS.dataset, FLAGS.image_size
-  builder = input_pipeline.get_builder(config)
+  builder = datasets.get_builder(config)
   return input_pipeline.train_batches(config, builder, [0], 1, local_batch)
 
 

@@ -228,7 +228,10 @@ FIELDS = (
     field("train_augment", "small", one_of(TRAIN_AUGMENT)),
     field("random_flip", False, doc="mirrored digits are other glyphs"),
     field("eval_preprocess", "resize", one_of(EVAL_PREPROCESS)),
-    positive_int("shuffle_buffer", 10_000),
+    field("input_workers", None, _check("None (from the CPU count) or an integer >= 0",
+                                        lambda v: v is None or v >= 0),
+          "Grain worker processes preparing batches; 0: threads in the "
+          "training process", type=Optional[int]),
     field("batch_size", -1, doc="global; > 0 overrides per_device_batch_size"),
     positive_int("per_device_batch_size", 64),
     field("eval_batch_size", -1, doc="> 0 overrides eval_per_device_batch_size"),
@@ -292,7 +295,6 @@ def imagenet_recipe(config):
   config.train_augment = "inception"
   config.random_flip = True
   config.eval_preprocess = "center_crop"
-  config.shuffle_buffer = 16_384
   # 16 workers x 96 in the V2 paper: keep the per-device batch, and scale
   # learning_rate with the global batch when the device count differs.
   config.per_device_batch_size = 96

@@ -26,7 +26,7 @@ BATTERY = [
 ]
 RELATIVES = [
     ("num_epochs", 0.0), ("num_epochs", -5.0), ("keep_checkpoints", 0),
-    ("shuffle_buffer", 0), ("image_size", 31), ("momentum", 1.0),
+    ("input_workers", -1), ("image_size", 31), ("momentum", 1.0),
     ("momentum", -0.1), ("grad_clip_norm", -1.0), ("lr_decay_rate", 0.0),
     ("lr_decay_rate", 1.5), ("lr_decay_epochs", 0.0), ("rmsprop_decay", 1.0),
     ("rmsprop_epsilon", 0.0), ("adam_b1", 1.0), ("adam_b2", -0.5),

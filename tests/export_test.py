@@ -54,9 +54,9 @@ def run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def eval_set(run):
   """Every digits evaluation image, and the training model's logits for them."""
-  from mobilenet_jax.data import input_pipeline
+  from mobilenet_jax.data import datasets, input_pipeline
   workdir, config = run
-  builder = input_pipeline.get_builder(config)
+  builder = datasets.get_builder(config)
   images, labels = input_pipeline.first_examples(config, builder, config.eval_split, 10_000)
   state, _, _ = checkpoint.restore_on_one_device(workdir)
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}

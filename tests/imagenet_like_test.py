@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from mobilenet_jax.data import imagenet_like
-from mobilenet_jax.data import input_pipeline  # noqa: F401  (registers)
+from mobilenet_jax.data import datasets, imagenet_like
 
 pytestmark = pytest.mark.xdist_group("imagenet_like")
 
@@ -140,13 +139,15 @@ def test_prepare_adds_the_other_format(tfrecord_dir):
                             file_format="array_record")
   formats = {f.value for f in b.info.available_file_formats()}
   assert {"tfrecord", "array_record"} <= formats
-  source = tfds.data_source(NAME, data_dir=tfrecord_dir, split="validation",
-                            download=False)
+  # TFDS reads the added format only once told (datasets.sync_file_formats).
+  with pytest.raises(NotImplementedError):
+    tfds.data_source(NAME, data_dir=tfrecord_dir, split="validation", download=False)
+  builder = datasets.sync_file_formats(tfds.builder(NAME, data_dir=tfrecord_dir))
+  source = builder.as_data_source(split="validation")
   assert len(source) == N_VAL
   assert source[3]["image"].dtype == np.uint8
-  raw = tfds.data_source(NAME, data_dir=tfrecord_dir, split="validation",
-                         download=False,
-                         decoders={"image": tfds.decode.SkipDecoding()})
+  raw = datasets.sync_file_formats(tfds.builder(NAME, data_dir=tfrecord_dir)).as_data_source(
+      split="validation", decoders={"image": tfds.decode.SkipDecoding()})
   got = {raw[i]["file_name"].decode(): bytes(raw[i]["image"])
          for i in range(N_VAL)}
   assert got == {e["file_name"]: e["image"]
@@ -158,15 +159,15 @@ def test_prepare_adds_the_other_format(tfrecord_dir):
   assert len(b.as_dataset(split="validation")) == N_VAL
 
 
-def test_the_training_pipeline_reads_it_by_name(tfrecord_dir):
+def test_the_training_pipeline_reads_it_by_name(array_record_dir):
   """A dataset name with a config ("imagenet_like/n40") through get_builder and
   the training stream at 224 px with the Inception crop."""
   from mobilenet_jax import defaults
   from mobilenet_jax.data import input_pipeline
   config = defaults.get_config()
-  config.update(dataset=NAME, data_dir=str(tfrecord_dir), image_size=224,
+  config.update(dataset=NAME, data_dir=str(array_record_dir), image_size=224,
                 train_augment="inception", eval_split="validation")
-  builder = input_pipeline.get_builder(config)
+  builder = datasets.get_builder(config)
   batch = next(input_pipeline.train_batches(config, builder, [0], 1, 4))
   assert batch["image"].shape == (4, 224, 224, 3) and batch["image"].dtype == np.float32
   assert batch["label"].min() >= 0 and batch["label"].max() < 1000

@@ -137,7 +137,7 @@ def test_keras_weights_file_of_another_alpha_or_model_is_a_clear_error(tmp_path)
 def test_converted_keras_weights_evaluate_through_main_as_keras_predicts(tmp_path):
   """convert, then main's eval-only path: the same top-1 as Keras itself."""
   from configs import default
-  from mobilenet_jax.data import input_pipeline
+  from mobilenet_jax.data import datasets, input_pipeline
   from mobilenet_jax.training import loop
   from mobilenet_jax.interop.keras import convert_to_checkpoint
   km = keras_model("mobilenet_v2", 0.35, 32, classes=10, classifier_activation=None)
@@ -150,7 +150,7 @@ def test_converted_keras_weights_evaluate_through_main_as_keras_predicts(tmp_pat
   config.init_from, config.eval_only = str(tmp_path / "keras"), True
   results = loop.train_and_evaluate(config, str(tmp_path / "eval"))
   images, labels = input_pipeline.first_examples(
-      config, input_pipeline.get_builder(config), config.eval_split, 1000)
+      config, datasets.get_builder(config), config.eval_split, 1000)
   keras_top1 = np.mean(np.argmax(km(images, training=False), -1) == labels)
   assert (results["steps"], results["eval_count"]) == (0, 360)
   assert results["eval_top1"] == pytest.approx(keras_top1, abs=1e-9)

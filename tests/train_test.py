@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
 import tensorflow_datasets as tfds
+import pytest
 
 from configs import default, mobilenet_v2
 from mobilenet_jax import parallel
@@ -40,21 +40,23 @@ def tiny(config, **overrides):
 SMALL_BLOCKS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2))  # fast to compile
 
 
-def test_imagenet_config_trains_on_mock_data(tmp_path):
+def test_imagenet_config_trains_on_imagenet_like_jpegs(tmp_path):
+  """The ImageNet recipe (Inception crop, central crop, 1000 classes) on
+  generated ImageNet-sized JPEGs: 40 train, 10 validation."""
   config = tiny(mobilenet_v2.get_config("0.25_32"), num_train_steps=3,
                 eval_every_steps=3, checkpoint_every_steps=3)
   config.model.blocks = SMALL_BLOCKS
-  with tfds.testing.mock_data(num_examples=12):
-    results = loop.train_and_evaluate(config, str(tmp_path))
+  config.update(dataset="imagenet_like/n40", data_dir=str(tmp_path / "tfds"))
+  results = loop.train_and_evaluate(config, str(tmp_path / "run"))
   assert results["num_devices"] == 4 and results["global_batch_size"] == 8
-  assert results["eval_count"] == 12  # 12 examples over batches of 8: padded, counted once
-  assert results["eval_count_ema"] == 12
+  assert results["eval_count"] == 10  # 10 examples over batches of 8: padded, counted once
+  assert results["eval_count_ema"] == 10
   for key in ("eval_top1", "eval_top5", "eval_loss", "eval_top1_ema", "madds", "params"):
     assert np.isfinite(results[key])
-  on_disk = json.load(open(tmp_path / "results.json"))
+  on_disk = json.load(open(tmp_path / "run" / "results.json"))
   assert on_disk["steps"] == 3 and len(on_disk["history"]) == 1
-  assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path))
-  assert os.path.isdir(tmp_path / "checkpoints" / "3")
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "run"))
+  assert os.path.isdir(tmp_path / "run" / "checkpoints" / "3" / "input")
 
 
 def trainer(config, devices, sync_bn, tx=optax.sgd(0.03), state=None):
@@ -144,11 +146,11 @@ def test_digits_build_offline_and_batches_depend_only_on_seed_step_and_shard(tmp
   [-1, 1]. Training batches, real and synthetic, are functions of (seed, step,
   shard): exact resume and 2 x 2 = 1 x 4 devices rest on that."""
   from sklearn.datasets import load_digits
-  from mobilenet_jax.data import input_pipeline, synthetic
+  from mobilenet_jax.data import datasets, input_pipeline, synthetic
   config = default.get_config()
   config.data_dir = str(tmp_path / "tfds")  # built here, not found in a cache
   size = config.image_size
-  builder = input_pipeline.get_builder(config)
+  builder = datasets.get_builder(config)
   images, labels = input_pipeline.first_examples(config, builder, config.eval_split, 10_000)
   assert images.shape == (360, size, size, 3)
   assert -1 <= images.min() < 0 < images.max() <= 1
@@ -184,6 +186,7 @@ def main(workdir, config_file, *overrides, wait=True, devices=1):
 
 
 RESUME = ["--config.num_train_steps=12", "--config.checkpoint_every_steps=4",
+          "--config.ema_decay=0.9",
           "--config.eval_every_steps=4", "--config.log_every_steps=2"]
 
 
@@ -191,30 +194,56 @@ def final_state(workdir):
   return checkpoint.restore_on_one_device(str(workdir))[0]
 
 
-@pytest.mark.slow
-def test_sigkill_then_resume_is_bit_identical(tmp_path, small_config_file):
-  code, err = main(tmp_path / "straight", small_config_file, *RESUME)
-  assert code == 0, err[-2000:]
-  killed = tmp_path / "killed"
-  proc = main(killed, small_config_file, *RESUME, wait=False)
-  deadline = time.time() + 300
-  while not os.path.isdir(killed / "checkpoints" / "4") and time.time() < deadline:
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.communicate()
-  assert not os.path.exists(killed / "results.json")  # it died mid-run
-  code, err = main(killed, small_config_file, *RESUME)
-  assert code == 0, err[-2000:]
-  assert "Resumed from step" in err
-  a, b = final_state(tmp_path / "straight"), final_state(killed)
+def assert_same_run(straight, resumed):
+  a, b = final_state(straight), final_state(resumed)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
       x, y = jax.random.key_data(x), jax.random.key_data(y)
     np.testing.assert_array_equal(x, y)
-  ra = json.load(open(tmp_path / "straight" / "results.json"))
-  rb = json.load(open(killed / "results.json"))
+  ra = json.load(open(straight / "results.json"))
+  rb = json.load(open(resumed / "results.json"))
   assert ra["history"] == rb["history"] and len(ra["history"]) == 3
   assert ra["eval_top1"] == rb["eval_top1"]
+
+
+def kill_after_checkpoint(workdir, config_file, overrides, step=4):
+  proc = main(workdir, config_file, *overrides, wait=False)
+  deadline = time.time() + 300
+  while not os.path.isdir(workdir / "checkpoints" / str(step)) and time.time() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  # Its input workers die with it: nothing keeps the output pipes open.
+  proc.communicate(timeout=60)
+  assert not os.path.exists(workdir / "results.json")  # it died mid-run
+
+
+# 10 examples in batches of 4: the checkpoint at step 4 is mid-epoch (the
+# 17th example of 30) and the resumed run crosses two epoch boundaries.
+EPOCHS = ["--config.train_split=train[:10]"]
+WORKERS = ["--config.input_workers=2"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("before,after,restored", [
+    ([], [], True),  # in-process input, its position restored from the checkpoint
+    (EPOCHS + WORKERS, EPOCHS + WORKERS, True),  # worker processes' states
+    (EPOCHS, EPOCHS + WORKERS, False),  # a new layout: the step's position
+], ids=["threads", "mid-epoch-workers", "new-layout"])
+def test_sigkill_then_resume_is_bit_identical(tmp_path, small_config_file, before,
+                                              after, restored):
+  """Killed after a checkpoint and run again, the run ends exactly as an
+  uninterrupted one: parameters, optimizer state, EMA, RNG and history."""
+  straight = tmp_path / "straight"
+  code, err = main(straight, small_config_file, *RESUME, *before)
+  assert code == 0, err[-2000:]
+  killed = tmp_path / "killed"
+  kill_after_checkpoint(killed, small_config_file, RESUME + before)
+  assert os.path.isdir(killed / "checkpoints" / "4" / "input")
+  code, err = main(killed, small_config_file, *RESUME, *after)
+  assert code == 0, err[-2000:]
+  assert "Resumed from step" in err
+  assert ("Input layout changed" not in err) == restored, err[-2000:]
+  assert_same_run(straight, killed)
 
 
 def test_missing_dataset_is_one_line_and_nonzero(tmp_path, small_config_file):
@@ -226,6 +255,43 @@ def test_missing_dataset_is_one_line_and_nonzero(tmp_path, small_config_file):
   assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
   for word in ("imagenet2012", "manual_dir", "configs/default.py"):
     assert word in lines[0]
+
+
+def checkpoint_files(workdir):
+  """{path: bytes} of everything a rerun must not touch."""
+  files = sorted(p for p in workdir.rglob("*") if p.is_file()
+                 and ("checkpoints" in p.parts or p.name == "results.json"))
+  return {str(p): p.read_bytes() for p in files}
+
+
+@pytest.mark.slow
+def test_bad_input_settings_stop_before_touching_checkpoints(tmp_path, small_config_file):
+  """A bad worker count, a TFRecord-only dataset, a data_dir without the
+  dataset: one line naming the key and the fix, exit 2, the run's
+  checkpoints and results as they were."""
+  run = tmp_path / "run"
+  code, err = main(run, small_config_file, "--config.num_train_steps=2")
+  assert code == 0, err[-2000:]
+  before = checkpoint_files(run)
+  from mobilenet_jax.data import datasets  # noqa: F401  (registers sklearn_digits)
+  tfrecord = tmp_path / "tfrecord"
+  tfds.builder("sklearn_digits", data_dir=str(tfrecord),
+               file_format="tfrecord").download_and_prepare()
+  cases = [
+      (["--config.input_workers=-1"], ["input_workers=-1", "integer >= 0"]),
+      ([f"--config.data_dir={tfrecord}"],
+       ["tfrecord", f"python -m mobilenet_jax.prepare_data --dataset=sklearn_digits "
+                    f"--data_dir={tfrecord}"]),
+      (["--config.dataset=imagenet2012", f"--config.data_dir={tmp_path / 'empty'}",
+        "--config.model.num_classes=1000"], ["imagenet2012", "manual_dir"]),
+  ]
+  for overrides, words in cases:
+    code, err = main(run, small_config_file, "--config.num_train_steps=4", *overrides)
+    lines = [l for l in err.strip().splitlines() if l.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    for word in words:
+      assert word in lines[0], lines[0]
+    assert checkpoint_files(run) == before
 
 
 # main turns every ConfigError into one line and exit status 2 (the test

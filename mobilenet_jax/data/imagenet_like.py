@@ -300,17 +300,6 @@ class ImagenetLike(tfds.core.GeneratorBasedBuilder):
           config = None
     return config
 
-  def __init__(self, **kwargs):
-    super().__init__(**kwargs)
-    # TFDS restores dataset_info.json's alternative file formats into the
-    # info proto but not into the list that as_data_source consults: sync it,
-    # so a set with an added format (add_file_format) is read in either.
-    formats = self.info.alternative_file_formats
-    for f in list(self.info.as_proto.alternative_file_formats):
-      f = tfds.core.FileFormat.from_value(f)
-      if f not in formats:
-        formats.append(f)
-
   def _info(self):
     return self.dataset_info_from_configs(
         description=__doc__,
@@ -346,45 +335,6 @@ def builder(num_train: int, num_validation: Optional[int] = None,
       data_dir=data_dir)
 
 
-def _records(path, file_format):
-  """The serialized examples of one shard, in order."""
-  if file_format == tfds.core.FileFormat.ARRAY_RECORD:
-    from array_record.python import array_record_module
-    reader = array_record_module.ArrayRecordReader(str(path))
-    try:
-      yield from reader.read_all()
-    finally:
-      reader.close()
-  else:
-    import tensorflow as tf
-    for record in tf.data.TFRecordDataset(str(path)):
-      yield record.numpy()
-
-
-def add_file_format(b, file_format):
-  """Writes the prepared set of builder `b` in one more file format, next to
-  the one it was prepared in, by copying the serialized examples shard by
-  shard (no regeneration), and records it in dataset_info.json. (TFDS's own
-  converter, `tfds convert_format`, needs Apache Beam.)"""
-  from tensorflow_datasets.core import file_adapters
-  fmt = tfds.core.FileFormat.from_value(file_format)
-  if fmt in b.info.available_file_formats():
-    return
-  src_fmt = b.info.file_format
-  writer = file_adapters.ADAPTER_FOR_FORMAT[fmt]
-  for split in b.info.splits.values():
-    template = split.filename_template
-    srcs = sorted(template.sharded_filepaths(split.num_shards))
-    dsts = sorted(template.replace(filetype_suffix=fmt.file_suffix)
-                  .sharded_filepaths(split.num_shards))
-    for src, dst in zip(srcs, dsts):
-      tmp = dst.parent / f"incomplete.{dst.name}"
-      writer.write_examples(tmp, enumerate(_records(src, src_fmt)))
-      tmp.rename(dst)
-  b.info.add_alternative_file_format(fmt)
-  b.info.write_to_directory(b.data_dir)
-
-
 def prepare(num_train: int, num_validation: Optional[int] = None,
             seed: int = 0, data_dir: Optional[str] = None,
             file_format: str = "tfrecord"):
@@ -393,10 +343,11 @@ def prepare(num_train: int, num_validation: Optional[int] = None,
   (random access, tfds.data_source / builder.as_data_source, Grain). A set
   already prepared in the other format gets this one added (download_and_prepare
   alone would silently reuse the other)."""
+  from mobilenet_jax.data import datasets
   b = builder(num_train, num_validation, seed, data_dir)
   b.download_and_prepare(file_format=file_format)
+  datasets.sync_file_formats(b)
   if (tfds.core.FileFormat.from_value(file_format)
       not in b.info.available_file_formats()):
-    add_file_format(b, file_format)
-    b = builder(num_train, num_validation, seed, data_dir)
+    datasets.add_file_format(b, file_format)
   return b

@@ -13,8 +13,9 @@ import tensorflow_datasets as tfds
 class SklearnDigits(tfds.core.GeneratorBasedBuilder):
   """scikit-learn's load_digits() with a fixed train/test split."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.",
+                   "1.1.0": "The same examples; prepared in ArrayRecord (read by index)."}
 
   def _info(self):
     return self.dataset_info_from_configs(

@@ -159,10 +159,10 @@ def data(config, image_size: int, calibration: int, check: int):
   if config is None or config.dataset == "synthetic":
     images = np.random.RandomState(0).uniform(-1, 1, (8, image_size, image_size, 3))
     return None, images.astype(np.float32), None
-  from mobilenet_jax.data import input_pipeline
+  from mobilenet_jax.data import datasets, input_pipeline
   config = ml_collections.ConfigDict(config.to_dict())
   config.image_size = image_size
-  builder = input_pipeline.get_builder(config)
+  builder = datasets.get_builder(config)
   calib = (input_pipeline.first_examples(config, builder, config.train_split, calibration)[0]
            if calibration else None)
   images, labels = input_pipeline.first_examples(config, builder, config.eval_split, check)

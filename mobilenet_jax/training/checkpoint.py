@@ -9,6 +9,7 @@ import os
 from typing import Any, Optional, Tuple
 
 import flax
+import grain
 import jax
 from etils import epath
 import orbax.checkpoint as ocp
@@ -24,11 +25,22 @@ def create_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
       options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
 
-def save(manager: ocp.CheckpointManager, step: int, state, meta: dict):
-  """Saves and waits, so a checkpoint on disk is always complete."""
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+def save(manager: ocp.CheckpointManager, step: int, state, meta: dict,
+         input_iterator=None):
+  """Saves and waits, so a checkpoint on disk is always complete. The
+  training input's iterator (Grain), if given, is saved beside the state:
+  its position, one small file per process."""
+  items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+  if input_iterator is not None:
+    items["input"] = grain.checkpoint.CheckpointSave(input_iterator)
+  manager.save(step, args=ocp.args.Composite(**items), force=True)
   manager.wait_until_finished()
+
+
+def restore_input(manager: ocp.CheckpointManager, step: int, input_iterator):
+  """Sets `input_iterator` to the position saved at `step` (constant time)."""
+  manager.restore(step, args=ocp.args.Composite(
+      input=grain.checkpoint.CheckpointRestore(input_iterator)))
 
 
 def latest_meta(manager: ocp.CheckpointManager) -> Tuple[Optional[int], Optional[dict]]:

@@ -42,12 +42,15 @@ def open_dataset(config):
   """The prepared TFDS builder, or None for synthetic data (no TensorFlow)."""
   if config.dataset == "synthetic":
     return None
-  from mobilenet_jax.data import input_pipeline
-  builder = input_pipeline.get_builder(config)
+  from mobilenet_jax.data import datasets
+  builder = datasets.get_builder(config)
   for split in (config.train_split, config.eval_split):
-    if builder.info.splits and split not in builder.info.splits:
+    try:
+      builder.info.splits[split]  # a name, or a slice such as "train[:90%]"
+    except (KeyError, ValueError):
       raise ConfigError(f"split {split!r} is not in {config.dataset}; it has "
-                        f"{', '.join(builder.info.splits)}.")
+                        f"{', '.join(builder.info.splits)} (or slices of them, "
+                        "e.g. 'train[:90%]').") from None
   return builder
 
 
@@ -60,17 +63,49 @@ def eval_batch_size(config) -> int:
                               config.eval_per_device_batch_size, "eval_batch_size")[0]
 
 
-def train_iterator(config, builder, mesh, start_step: int):
-  """This process's local numpy batches from `start_step` on: one shard of
-  the data per device, so the stream does not depend on the process count."""
+def input_layout(config, mesh) -> dict:
+  """What the saved position of a training stream is relative to: a saved
+  input state is restored only into a stream of the same layout."""
+  from mobilenet_jax.data import input_pipeline
+  return {"global_batch": train_batch_size(config), "devices": mesh.size,
+          "processes": jax.process_count(),
+          "workers": input_pipeline.resolve_workers(config)}
+
+
+def train_iterator(config, builder, mesh, first_step: int, end_step: int):
+  """This process's local numpy batches of steps first_step .. end_step - 1:
+  one shard of the data per device, so the stream does not depend on the
+  process count."""
   shards = parallel.local_shards(mesh)
   per_device = train_batch_size(config) // mesh.size
   if builder is None:
     from mobilenet_jax.data import synthetic
-    return synthetic.train_batches(config, shards, per_device, start_step)
+    return synthetic.train_batches(config, shards, per_device, first_step)
   from mobilenet_jax.data import input_pipeline
   return input_pipeline.train_batches(config, builder, shards, mesh.size,
-                                      per_device, start_step)
+                                      per_device, first_step, end_step)
+
+
+def resume_input(config, builder, mesh, manager, saved_step, meta, start_step,
+                 num_steps):
+  """The training stream from `start_step` on, and its record for the meta.
+
+  With the layout it was saved in, the stream is rebuilt as it was and its
+  saved state restored (Grain: the position, in constant time); after a
+  change of layout (devices, batch, workers) it starts at `start_step`'s
+  position, which is the same data.
+  """
+  layout = input_layout(config, mesh)
+  saved = (meta or {}).get("input")
+  if builder is not None and saved and saved["layout"] == layout:
+    train_iter = train_iterator(config, builder, mesh, saved["first_step"], num_steps)
+    checkpoint.restore_input(manager, saved_step, train_iter)
+    return train_iter, saved
+  if saved:
+    logging.info("Input layout changed from %s to %s: the data stream starts at "
+                 "step %d's position.", saved["layout"], layout, start_step)
+  record = {"layout": layout, "first_step": start_step}
+  return train_iterator(config, builder, mesh, start_step, num_steps), record
 
 
 def steps_per_epoch(config, builder) -> int:
@@ -98,11 +133,10 @@ def evaluate(eval_fn, state: TrainState, config, builder, mesh) -> Dict[str, flo
   weights = {"": state.params}
   if config.ema_decay > 0:
     weights["_ema"] = state.ema_params
-  global_batch = eval_batch_size(config)
-  steps = input_pipeline.eval_steps(builder, config.eval_split, global_batch)
-  local = parallel.local_batch_size(global_batch)
+  per_device = eval_batch_size(config) // mesh.size
   totals = {}
-  for batch in input_pipeline.eval_batches(config, builder, local, steps):
+  for batch in input_pipeline.eval_batches(config, builder, parallel.local_shards(mesh),
+                                           mesh.size, per_device):
     batch = parallel.shard_batch(batch, mesh)
     for suffix, params in weights.items():
       sums = eval_fn({"params": params, "batch_stats": state.batch_stats}, batch)
@@ -225,11 +259,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state = checkpoint.restore_state(manager, saved_step, state)
     logging.info("Resumed from step %d in %s.", int(state.step), workdir)
   start_step = int(state.step)
+  train_iter, meta["input"] = resume_input(config, builder, mesh, manager, saved_step,
+                                           meta, start_step, num_steps)
   if start_step == 0 and is_main:
     parameter_overview.log_parameter_overview(state.params)
     writer.write_hparams({k: v for k, v in flax.traverse_util.flatten_dict(
         config.to_dict(), sep=".").items() if isinstance(v, (int, float, str, bool))})
-  train_iter = train_iterator(config, builder, mesh, start_step)
 
   p_train = parallel.data_parallel(
       functools.partial(train_step, model=model, tx=tx,
@@ -282,7 +317,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if save_now:
         meta["train_time_s"] = time.time() - t0
         with report.timed("checkpoint"):
-          checkpoint.save(manager, step, state, meta)
+          checkpoint.save(manager, step, state, meta,
+                          train_iter if builder is not None else None)
       if sigterm.received:
         raise Preempted(f"SIGTERM: saved step {step} in {workdir}; run the same "
                         "command again to resume.")
