@@ -23,6 +23,7 @@ from ml_collections import config_dict
 from mobilenet_jax import models, parallel
 from mobilenet_jax.errors import ConfigError
 from mobilenet_jax.models.base import MIN_IMAGE_SIZE
+from mobilenet_jax.ops.batchnorm import BATCHNORM_IMPLS
 from mobilenet_jax.ops.depthwise import IMPLS
 from mobilenet_jax.training.optim import OPTIMIZERS, SCHEDULES
 
@@ -215,6 +216,8 @@ FIELDS = (
     field("sync_bn", False, doc="True: batch statistics over all devices"),
     field("depthwise_impl", "auto", one_of(IMPLS),
           "depthwise conv implementation (ops/depthwise.py)"),
+    field("batchnorm_impl", "fused", one_of(BATCHNORM_IMPLS),
+          "batch norm: fused with its activation (ops/batchnorm.py) or flax's"),
 
     # Input: a TFDS name ("sklearn_digits" is embedded and needs no network;
     # "imagenet2012", "imagenette", "cifar10", "cifar100") or "synthetic".

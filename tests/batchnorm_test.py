@@ -115,3 +115,34 @@ def test_bfloat16_computes_statistics_in_float32():
   ref, _ = nn.BatchNorm(use_running_average=False, epsilon=1e-3).apply(
       {"params": params, "batch_stats": stats}, x, mutable=["batch_stats"])
   np.testing.assert_allclose(out.astype(jnp.float32), jax.nn.relu6(ref), atol=0.05)
+
+
+@pytest.mark.parametrize("bottleneck_activation", ["linear", "relu6"])
+def test_a_network_with_flax_batchnorm_is_the_same_network(bottleneck_activation):
+  """batchnorm_impl="flax" (the reference the reports' artifact check trains)
+  has the fused network's variables, outputs, batch statistics and gradients."""
+  from mobilenet_jax.models import get_model
+  config = dict(name="mobilenet_v2", alpha=0.35, num_classes=10,
+                bottleneck_activation=bottleneck_activation, bn_momentum=0.9, dropout=0.0,
+                blocks=((1, 16, 1, 1), (6, 24, 2, 2)))
+  fused = get_model(config)
+  ref = get_model(config, batchnorm_impl="flax")
+  x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+  variables = fused.init(jax.random.key(1), x, train=False)
+  assert jax.tree.structure(ref.init(jax.random.key(1), x, train=False)) == \
+      jax.tree.structure(variables)
+
+  def loss(model, params):
+    out, updates = model.apply({**variables, "params": params}, x, train=True,
+                               mutable=["batch_stats"])
+    return jnp.sum(out * jnp.arange(10.0)), (out, updates["batch_stats"])
+
+  (a, (out_a, stats_a)), grad_a = jax.value_and_grad(
+      functools.partial(loss, fused), has_aux=True)(variables["params"])
+  (b, (out_b, stats_b)), grad_b = jax.value_and_grad(
+      functools.partial(loss, ref), has_aux=True)(variables["params"])
+  np.testing.assert_allclose(out_a, out_b, rtol=1e-4, atol=1e-4)
+  for x1, x2 in zip(jax.tree.leaves((stats_a, grad_a)), jax.tree.leaves((stats_b, grad_b))):
+    np.testing.assert_allclose(x1, x2, rtol=1e-3, atol=1e-4)
+  with pytest.raises(Exception, match="batchnorm_impl"):
+    get_model(config, batchnorm_impl="cudnn").init(jax.random.key(1), x)

@@ -34,7 +34,7 @@ RELATIVES = [
     ("eval_split", ""), ("no_decay", ("bias", "(")),
     # Choices.
     ("optimizer", "adagrad"), ("lr_schedule", "step"), ("dtype", "float16"),
-    ("depthwise_impl", "fast"), ("train_augment", "autoaugment"),
+    ("depthwise_impl", "fast"), ("batchnorm_impl", "cudnn"), ("train_augment", "autoaugment"),
     ("eval_preprocess", "crop"),
 ]
 # Wrong types, which a ConfigDict built from a dict (a sweep's, a hand-made

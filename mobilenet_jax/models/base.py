@@ -59,6 +59,7 @@ class LayerSettings:
   pointwise_impl: str = "dot"   # ops/pointwise.py
   dtype: Any = jnp.float32
   frozen_bn: Tuple[str, ...] = ()  # module paths whose batch norm is frozen
+  batchnorm_impl: str = "fused"  # ops/batchnorm.py, or "flax"
 
   def bn_is_frozen(self, path: Sequence[str]) -> bool:
     return bn_is_frozen("/".join(path), self.frozen_bn)
@@ -106,6 +107,9 @@ class MobileNet(nn.Module):
     bn_axis_name: mesh axis to average batch statistics over (sync BN).
     depthwise_impl: "auto" | "native" | "shift" | "lax" (ops/depthwise.py).
     pointwise_impl: "dot" | "conv" (ops/pointwise.py; "conv" for TFLite).
+    batchnorm_impl: "fused" (batch norm and its activation with a hand-written
+      VJP, ops/batchnorm.py) | "flax" (flax.linen.BatchNorm, then the
+      activation: the reference it is tested against).
     dtype: computation dtype (parameters stay float32).
     output_stride: 32 (none), 16 or 8: the last strides become 1 and the
       depthwise convolutions after them are dilated (TF-slim, DeepLab).
@@ -133,6 +137,7 @@ class MobileNet(nn.Module):
   bn_axis_name: Optional[str] = implementation(None)
   depthwise_impl: str = implementation("auto")
   pointwise_impl: str = implementation("dot")
+  batchnorm_impl: str = implementation("fused")
   dtype: Any = implementation(jnp.float32)
 
   def __post_init__(self):
@@ -166,7 +171,7 @@ class MobileNet(nn.Module):
   def layer_settings(self) -> LayerSettings:
     return LayerSettings(self.bn_momentum, self.bn_epsilon, self.bn_axis_name,
                          self.depthwise_impl, self.pointwise_impl, self.dtype,
-                         self.frozen_bn_paths())
+                         self.frozen_bn_paths(), self.batchnorm_impl)
 
   # Each network defines endpoint_plan() -> List[Endpoint]: every endpoint it
   # computes, in order.

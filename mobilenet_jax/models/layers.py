@@ -12,7 +12,7 @@ import flax.linen as nn
 
 from mobilenet_jax.errors import check_choice
 from mobilenet_jax.models.base import LayerSettings
-from mobilenet_jax.ops.batchnorm import ACTIVATIONS, BatchNormAct
+from mobilenet_jax.ops.batchnorm import ACTIVATIONS, BATCHNORM_IMPLS, BatchNormAct, activate
 from mobilenet_jax.ops.depthwise import DepthwiseConv
 from mobilenet_jax.ops.pointwise import Pointwise
 
@@ -52,6 +52,12 @@ class ConvBN(nn.Module):
     # A frozen batch norm normalises with its running statistics in training
     # too (and the optimizer leaves its scale and offset alone: optim.py).
     frozen = s.bn_is_frozen(self.path)
+    check_choice("batchnorm_impl", s.batchnorm_impl, BATCHNORM_IMPLS)
+    if s.batchnorm_impl == "flax":  # the reference the fused form is tested against
+      x = nn.BatchNorm(use_running_average=not train or frozen, momentum=s.bn_momentum,
+                       epsilon=s.bn_epsilon, axis_name=s.bn_axis_name, dtype=s.dtype,
+                       name="bn")(x)
+      return activate(x, self.activation)
     return BatchNormAct(use_running_average=not train or frozen, momentum=s.bn_momentum,
                         epsilon=s.bn_epsilon, axis_name=s.bn_axis_name,
                         activation=self.activation, dtype=s.dtype, name="bn")(x)

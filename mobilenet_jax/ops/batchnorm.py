@@ -22,6 +22,7 @@ from jax import lax
 from mobilenet_jax.ops.sharding import vary_like
 
 ACTIVATIONS = ("relu6", "relu", "linear")
+BATCHNORM_IMPLS = ("fused", "flax")  # this module, or flax.linen.BatchNorm
 
 
 def activate(y, activation: str):

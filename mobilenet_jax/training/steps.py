@@ -31,21 +31,22 @@ class TrainState(flax.struct.PyTreeNode):
 # ----------------------------------------------------------------- model ---
 
 def create_model(model_config, dtype: str = "float32", depthwise_impl: str = "auto",
-                 sync_bn: bool = False):
+                 sync_bn: bool = False, batchnorm_impl: str = "fused"):
   """The network, as training, evaluation, init and benchmarks all build it:
-  `model_config` (config.model), the compute dtype, the depthwise
-  implementation, and with sync BN statistics averaged over DATA."""
+  `model_config` (config.model), the compute dtype, the depthwise and batch
+  norm implementations, and with sync BN statistics averaged over DATA."""
   check_choice("dtype", dtype, ("float32", "bfloat16"))
   return get_model(model_config, dtype=jnp.dtype(dtype),
                    bn_axis_name=DATA if sync_bn else None,
-                   depthwise_impl=depthwise_impl)
+                   depthwise_impl=depthwise_impl, batchnorm_impl=batchnorm_impl)
 
 
 def config_models(config):
   """(train model, eval model) of a training config. Evaluation never syncs
   BN: it uses the running averages."""
   def build(sync_bn):
-    return create_model(config.model, config.dtype, config.depthwise_impl, sync_bn)
+    return create_model(config.model, config.dtype, config.depthwise_impl, sync_bn,
+                        config.batchnorm_impl)
   return build(config.sync_bn), build(False)
 
 
