@@ -32,6 +32,7 @@ setup(
         "importlib_resources",  # tfds builds datasets with it but does not require it
         "tensorboard>=2.16",
         "scikit-learn>=1.3",
+        "scipy>=1.10",  # the reports' t intervals
         "matplotlib>=3.7",
     ],
     extras_require={

@@ -8,8 +8,13 @@ A sweep file defines `get_sweep()` returning a dict:
   name, question: what it asks (the report's title and first line);
   base: a training config (usually configs/default.py's);
   variants: {variant name: {dotted config key: value}}, in report order;
-  seeds: list of seeds; plot: "madds" (top-1 vs multiply-adds) or "curves"
-  (eval top-1 over training); notes (optional): caveats the report repeats.
+  seeds: list of seeds; plot: "madds" (top-1 vs multiply-adds), "curves"
+  (eval top-1 over training) or "gap" (a paired difference against a knob);
+  notes (optional): caveats the report repeats;
+  compare_to (optional): the variant every other is compared with, paired by
+  seed (default: the best mean);
+  gap (with plot="gap"): dict(x=dotted key, split=dotted key, minus=[a, b],
+  xlabel=...): the paired a - b difference of `split`, plotted against `x`.
 Every (variant, seed) is one run in WORKDIR/<variant>/seed_<seed>, trained
 one after another on the local devices. A run with a results.json is done
 and skipped; an interrupted one resumes from its checkpoints. So after a
@@ -135,14 +140,54 @@ def git_commit() -> str:
   return head + ("+changes" if dirty else "")
 
 
+GAP_EXAMPLE = ("gap=dict(x='model.alpha', split='model.bottleneck_activation', "
+               "minus=['linear', 'relu6'], xlabel='width multiplier alpha')")
+
+
+def check_report_keys(sweep: dict, runs: List[Run]):
+  """The report's optional sweep keys, checked before the first run trains:
+  compare_to (the variant the others are compared with) must be a variant;
+  gap (and plot="gap") needs x and split, dotted config keys, and minus, two
+  values of split that the runs use."""
+  where = f"sweep {sweep['name']!r}"
+  ref = sweep.get("compare_to")
+  if ref is not None and ref not in sweep["variants"]:
+    raise ConfigError(f"{where}: compare_to={ref!r} is not a variant; choose one of "
+                      f"{', '.join(repr(v) for v in sweep['variants'])}.")
+  gap = sweep.get("gap")
+  if gap is None:
+    if sweep.get("plot") == "gap":
+      raise ConfigError(f"{where}: plot='gap' needs a gap key, e.g. {GAP_EXAMPLE}.")
+    return
+  if not isinstance(gap, dict) or {"x", "split", "minus"} - set(gap):
+    raise ConfigError(f"{where}: gap needs the keys x, split and minus, e.g. {GAP_EXAMPLE}.")
+  for key in (gap["x"], gap["split"]):
+    unknown = cli.unknown_key(sweep["base"], key)
+    if unknown:
+      raise ConfigError(f"{where}: gap: {unknown}")
+  used = []  # the split values of the runs, in order
+  for run in runs:
+    value = run.config
+    for key in gap["split"].split("."):
+      value = value[key]
+    used += [value] if value not in used else []
+  minus = gap["minus"]
+  if not isinstance(minus, (list, tuple)) or len(minus) != 2 or any(m not in used for m in minus):
+    raise ConfigError(f"{where}: gap minus={minus!r} must be two values of "
+                      f"{gap['split']} that the variants use: {', '.join(map(repr, used))}.")
+
+
 def write_sweep_record(workdir: str, sweep: dict, runs: List[Run]):
-  """What the report needs beyond the runs: question, order, plot, command."""
+  """What the report needs beyond the runs: question, order, plot, command,
+  and the optional compare_to and gap (checked here, before any run)."""
+  check_report_keys(sweep, runs)
   record = {"name": sweep["name"], "question": sweep["question"],
             "plot": sweep.get("plot", "curves"), "notes": sweep.get("notes", []),
             "variants": list(sweep["variants"]),
             "seeds": sorted({r.seed for r in runs}),
             "command": "python -m mobilenet_jax.ablate " + " ".join(sys.argv[1:]),
             "commit": git_commit()}
+  record.update({k: sweep[k] for k in ("compare_to", "gap") if k in sweep})
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, "sweep.json")
   if os.path.exists(path):  # a resumed sweep: its runs began at that commit

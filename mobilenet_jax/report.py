@@ -3,10 +3,20 @@
   python -m mobilenet_jax.report runs/bottleneck_activation \
       --out experiments/bottleneck_activation
 
-Writes report.md (a table of mean +- std over seeds per variant, the command,
-commit, date, device and dataset, and a conclusion that says only what the
-spread over seeds supports) and one PNG plot for the sweep's question. A
-missing or unreadable results.json is named in the report and skipped.
+Writes report.md and one PNG plot for the sweep's question. report.md has the
+setup (command, commit, date, device, data, seeds), a table per variant (final
+top-1 mean ± std, its 95% t-interval, n) and then, with variants compared
+paired by seed (a sweep trains every variant on the same seeds):
+  - Final top-1: every variant against a reference (the sweep's `compare_to`,
+    else the highest mean), each seed's difference listed;
+  - Learning speed: top-1 at 10/25/50/100% of the steps, and the pairs again
+    at the earliest of those, so that "learns slower" and "ends lower" stay apart;
+  - Convergence: which runs' last two evaluations are more than 1 point apart;
+  - Gap (sweep key `gap`): the paired difference between two values of one
+    knob (`split`) at each value of another (`x`), and whether it grows as x
+    shrinks.
+Every conclusion is what the 95% interval supports, no more. A missing or
+unreadable results.json is named in the report and skipped.
 """
 
 import datetime
@@ -16,13 +26,16 @@ import math
 import os
 import statistics
 import textwrap
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from absl import app, flags
+from scipy.stats import t as student_t
 
 FLAGS = flags.FLAGS
 
 MODEL_LABELS = {"mobilenet_v1": "MobileNetV1", "mobilenet_v2": "MobileNetV2"}
+FRACTIONS = (10, 25, 50, 100)  # percent of the training steps (learning speed)
+CONVERGED_POINTS = 1.0  # a run whose last two evaluations differ by more may still move
 
 
 # --------------------------------------------------------------- reading ---
@@ -39,6 +52,23 @@ def load_record(workdir: str) -> dict:
           "plot": "curves", "variants": variants, "command": "(unknown)"}
 
 
+def load_run(run_dir: str) -> dict:
+  """One results.json, checked for what the report reads; `_seed` comes from
+  the directory name (seed_<seed>), as ablate names it."""
+  with open(os.path.join(run_dir, "results.json")) as f:
+    result = json.load(f)
+  # What the sections read: a missing or non-numeric value fails here, naming
+  # this run, rather than later in the middle of the report.
+  float(result["eval_top1"])
+  int(result["steps"])
+  for h in result["history"]:
+    int(h["step"])
+    float(h["eval_top1"])
+  result["history"] = sorted(result["history"], key=lambda h: h["step"])
+  result["_seed"] = int(os.path.basename(run_dir).split("_", 1)[1])
+  return result
+
+
 def load_runs(workdir: str, variants: List[str]) -> Tuple[Dict[str, List[dict]], List[str]]:
   """({variant: [results of each finished seed]}, [problems, by run name])."""
   runs, problems = {}, []
@@ -51,29 +81,41 @@ def load_runs(workdir: str, variants: List[str]) -> Tuple[Dict[str, List[dict]],
         problems.append(f"{name}: no results.json (unfinished or failed); skipped")
         continue
       try:
-        with open(path) as f:
-          result = json.load(f)
-        float(result["eval_top1"])
-      except (ValueError, KeyError, TypeError) as e:
+        result = load_run(run_dir)
+      except (ValueError, KeyError, TypeError, IndexError) as e:
         problems.append(f"{name}: results.json unreadable "
                         f"({type(e).__name__}: {e}); skipped")
         continue
       result["_mtime"] = os.path.getmtime(path)
       runs[variant].append(result)
+    runs[variant].sort(key=lambda r: r["_seed"])
   return runs, problems
+
+
+def dotted(tree: dict, path: str):
+  """tree["a"]["b"] for path "a.b"; None where a key is missing."""
+  for key in path.split("."):
+    if not isinstance(tree, dict) or key not in tree:
+      return None
+    tree = tree[key]
+  return tree
 
 
 # ------------------------------------------------------------ statistics ---
 
 def stats(values: List[float]) -> dict:
-  """mean, sample standard deviation (0 for one value) and n."""
+  """mean, sample standard deviation (0 for one value), n, and the 95%
+  Student-t interval of the mean (n - 1 dof; lo and hi are nan below n = 2)."""
   n = len(values)
-  return {"mean": statistics.fmean(values) if n else float("nan"),
-          "std": statistics.stdev(values) if n > 1 else 0.0, "n": n}
+  mean = statistics.fmean(values) if n else float("nan")
+  std = statistics.stdev(values) if n > 1 else 0.0
+  half = (float(student_t.ppf(0.975, n - 1)) * std / math.sqrt(n) if n > 1
+          else float("nan"))
+  return {"mean": mean, "std": std, "n": n, "lo": mean - half, "hi": mean + half}
 
 
 def summarize(results: List[dict]) -> dict:
-  return {"top1": stats([100 * r["eval_top1"] for r in results]),
+  return {"top1": stats([final_top1(r) for r in results]),
           "loss": stats([r["eval_loss"] for r in results]),
           "time": stats([r["train_time_s"] for r in results]),
           "params": results[0]["params"] if results else None,
@@ -81,36 +123,146 @@ def summarize(results: List[dict]) -> dict:
           "model": results[0]["config"]["model"]["name"] if results else None}
 
 
-def compare(best: dict, other: dict) -> Tuple[float, float]:
-  """(difference of mean top-1, standard error of that difference)."""
-  a, b = best["top1"], other["top1"]
-  se = math.sqrt(a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"])
-  return a["mean"] - b["mean"], se
+def final_top1(result: dict) -> float:
+  return 100 * result["eval_top1"]
 
 
-def conclusion(summaries: Dict[str, dict]) -> List[str]:
-  """What the numbers support, variant by variant against the best."""
-  done = {k: v for k, v in summaries.items() if v["top1"]["n"]}
+def top1_at(result: dict, percent: int) -> Optional[Tuple[int, float]]:
+  """(step, top-1 %) of the run's last evaluation at or before `percent`% of
+  its steps; None if it had not been evaluated by then."""
+  limit = result["steps"] * percent // 100
+  done = [h for h in result["history"] if h["step"] <= limit]
+  return (done[-1]["step"], 100 * done[-1]["eval_top1"]) if done else None
+
+
+def paired(a: List[dict], b: List[dict], value) -> Dict[int, float]:
+  """{seed: value(a's run) - value(b's run)} on the seeds both have a value
+  for: the seed fixes initialization and data order, so pairing removes the
+  part of the spread the two variants share."""
+  va = {r["_seed"]: value(r) for r in a}
+  vb = {r["_seed"]: value(r) for r in b}
+  return {s: va[s] - vb[s] for s in sorted(va)
+          if s in vb and va[s] is not None and vb[s] is not None}
+
+
+def separated(d: dict) -> bool:
+  """Whether the 95% interval of differences excludes 0."""
+  return d["n"] >= 2 and (d["lo"] > 0 or d["hi"] < 0)
+
+
+def verdict(a: str, b: str, d: dict) -> str:
+  """What the interval of the differences a - b supports, in words."""
+  n = d["n"]
+  if n < 2:
+    return f"{a} vs {b}: {n} paired seed{'' if n == 1 else 's'}, no interval: no claim."
+  if d["lo"] > 0:
+    return (f"{a} ends higher than {b} by {d['mean']:.2f} points "
+            f"(95% CI [{d['lo']:.2f}, {d['hi']:.2f}], {n} seeds).")
+  if d["hi"] < 0:  # the same claim for b - a
+    return (f"{b} ends higher than {a} by {-d['mean']:.2f} points "
+            f"(95% CI [{-d['hi']:.2f}, {-d['lo']:.2f}], {n} seeds).")
+  return f"{a} vs {b}: not separable at {n} seeds (95% CI {ci(d)})."
+
+
+def speed_verdict(a: str, b: str, early: dict, end: dict, percent: int) -> str:
+  """Which of "differs early" and "differs at the end" the intervals support."""
+  if min(early["n"], end["n"]) < 2:
+    return "fewer than two paired seeds: no claim."
+  higher = lambda d: a if d["mean"] > 0 else b
+  if separated(early) and separated(end):
+    return (f"differs both at {percent}% of the steps ({higher(early)} higher) "
+            f"and at the end ({higher(end)} higher).")
+  if separated(early):
+    return (f"differs early but not at the end: learns at another speed "
+            f"({higher(early)} higher at {percent}% of the steps), and the final "
+            "top-1 is not separable.")
+  if separated(end):
+    return (f"differs at the end ({higher(end)} higher) but not at {percent}% "
+            "of the steps.")
+  return (f"separable neither at {percent}% of the steps nor at the end "
+          f"at {end['n']} seeds.")
+
+
+def reference(record: dict, runs: Dict[str, List[dict]],
+              summaries: Dict[str, dict]) -> Tuple[Optional[str], str, List[str]]:
+  """(the variant the others are compared with, why it is, the others), or
+  (None, why nothing is compared, [])."""
+  done = [v for v, rs in runs.items() if rs]
+  ref = record.get("compare_to")
   if len(done) < 2:
-    return ["Fewer than two variants have finished runs: nothing to compare."]
-  ranked = sorted(done, key=lambda k: -done[k]["top1"]["mean"])
-  best = ranked[0]
-  lines = [f"Highest mean top-1: **{best}** ({fmt(done[best]['top1'], 2)}%)."]
-  for other in ranked[1:]:
-    diff, se = compare(done[best], done[other])
-    if min(done[best]["top1"]["n"], done[other]["top1"]["n"]) < 2:
-      verdict = "one seed only, so the seed spread is unknown: no claim"
-    elif diff > 2 * se:
-      verdict = (f"more than twice the standard error of the difference ({se:.2f}): "
-                 "larger than the seed spread")
-    elif diff > se:
-      verdict = (f"between one and two standard errors ({se:.2f}): suggestive, "
-                 "not conclusive at this number of seeds")
-    else:
-      verdict = (f"within one standard error ({se:.2f}): not distinguishable "
-                 "from seed noise here")
-    lines.append(f"- {best} vs {other}: {diff:+.2f} points, {verdict}.")
-  return lines
+    return None, "Fewer than two variants have finished runs: nothing to compare.", []
+  if ref is not None and ref not in done:
+    return None, (f"The reference variant {ref!r} (compare_to) has no finished "
+                  "runs: nothing to compare."), []
+  if ref is not None:
+    why = "the sweep's compare_to"
+  else:
+    ref = max(done, key=lambda v: summaries[v]["top1"]["mean"])
+    why = f"the highest mean top-1, {fmt(summaries[ref]['top1'], 2)}%"
+  return ref, why, [v for v in done if v != ref]
+
+
+def converged(result: dict) -> bool:
+  h = result["history"]
+  return (len(h) >= 2 and
+          abs(h[-1]["eval_top1"] - h[-2]["eval_top1"]) * 100 <= CONVERGED_POINTS + 1e-9)
+
+
+def early_percent(results: List[dict]) -> Optional[int]:
+  """The earliest fraction below 100% at which every run had been evaluated."""
+  return next((p for p in FRACTIONS[:-1] if all(top1_at(r, p) for r in results)),
+              None)
+
+
+def gaps(runs: Dict[str, List[dict]],
+         gap: dict) -> Tuple[Dict[object, Dict[int, float]], List[str]]:
+  """({x: {seed: top-1 of minus[0] - top-1 of minus[1]}}, problems), with runs
+  grouped by the x and split values in their own configs; x descending."""
+  top1, owner, clash = {}, {}, set()
+  for variant, rs in runs.items():
+    for r in rs:
+      key = (dotted(r["config"], gap["x"]), dotted(r["config"], gap["split"]))
+      if owner.setdefault(key, variant) != variant:  # which one's gap? neither
+        clash.add(key)
+      top1.setdefault(key, {})[r["_seed"]] = final_top1(r)
+  plus, minus = gap["minus"]
+  by_x, problems = {}, []
+  for x in sorted({x for x, _ in top1 if x is not None}, reverse=True):
+    if {(x, plus), (x, minus)} & clash:
+      problems.append(f"{gap['x']}={x}: more than one variant has the same "
+                      f"{gap['split']}; this value is left out")
+      continue
+    a, b = top1.get((x, plus), {}), top1.get((x, minus), {})
+    by_x[x] = {s: a[s] - b[s] for s in sorted(a) if s in b}
+  return by_x, problems
+
+
+def gap_trend(by_x: Dict[object, Dict[int, float]], gap: dict) -> str:
+  """Whether the gap grows as x shrinks: the per-seed change of the gap from
+  the largest x to the smallest, with its interval (only the ends are tested)."""
+  xs = [x for x, diffs in by_x.items() if diffs]
+  name = f"{gap['minus'][0]} − {gap['minus'][1]}"
+  if len(xs) < 2:
+    return f"Fewer than two values of {gap['x']} have a gap: nothing to say about a trend."
+  big, small = xs[0], xs[-1]
+  change = stats([by_x[small][s] - by_x[big][s] for s in by_x[small] if s in by_x[big]])
+  ends = (f"from {gap['x']}={big} to {small} ({name} at {small} minus at {big}, "
+          f"per seed: mean {change['mean']:+.2f} points, 95% CI {ci(change)}, "
+          f"n = {change['n']})")
+  if change["n"] < 2:
+    return f"Change of the gap {ends}: fewer than two seeds, no claim."
+  if change["lo"] > 0:
+    claim = (f"the gap is larger at {gap['x']}={small} than at {big}: the intervals "
+             f"support a gap that grows as {gap['x']} shrinks")
+  elif change["hi"] < 0:
+    claim = (f"the gap is smaller at {gap['x']}={small} than at {big}: it shrinks "
+             f"as {gap['x']} shrinks")
+  else:
+    claim = ("not separable from no change: the intervals do not support a gap "
+             f"that grows as {gap['x']} shrinks")
+  between = (" Only the two ends are tested; the values between are in the table."
+             if len(xs) > 2 else "")
+  return f"Change of the gap {ends}: {claim}.{between}"
 
 
 # -------------------------------------------------------------- writing ---
@@ -119,17 +271,138 @@ def fmt(s: dict, digits: int) -> str:
   return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
 
 
+def ci(s: dict) -> str:
+  return f"[{s['lo']:.2f}, {s['hi']:.2f}]" if s["n"] >= 2 else "n/a"
+
+
+def seed_list(diffs: Dict[int, float]) -> str:
+  return ", ".join(f"seed {s}: {d:+.2f}" for s, d in diffs.items())
+
+
+def difference(diffs: Dict[int, float]) -> Tuple[dict, str]:
+  """The stats of per-seed differences and a line with them and each seed's."""
+  d = stats(list(diffs.values()))
+  if not diffs:
+    return d, "no seed finished by both"
+  return d, (f"mean {d['mean']:+.2f}, 95% CI {ci(d)}, n = {d['n']} "
+             f"({seed_list(diffs)})")
+
+
 def table(summaries: Dict[str, dict]) -> List[str]:
-  lines = ["| variant | params | MAdds | top-1 (%) | eval loss | train time (s) | n |",
-           "|---|---:|---:|---:|---:|---:|---:|"]
+  lines = ["| variant | params | MAdds | top-1 (%) | 95% CI | eval loss | "
+           "train time (s) | n |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
   for variant, s in summaries.items():
     if not s["top1"]["n"]:
-      lines.append(f"| {variant} | | | (no finished runs) | | | 0 |")
+      lines.append(f"| {variant} | | | (no finished runs) | | | | 0 |")
       continue
     lines.append(f"| {variant} | {s['params']:,} | {s['madds'] / 1e6:.2f}M | "
-                 f"{fmt(s['top1'], 2)} | {fmt(s['loss'], 4)} | "
+                 f"{fmt(s['top1'], 2)} | {ci(s['top1'])} | {fmt(s['loss'], 4)} | "
                  f"{s['time']['mean']:.0f} | {s['top1']['n']} |")
   return lines
+
+
+def final_section(runs, ref, why, others) -> List[str]:
+  lines = ["## Final top-1, paired by seed", ""]
+  if ref is None:
+    return lines + [why, ""]
+  lines += [f"Each variant against **{ref}** ({why}): per seed, variant − {ref} "
+            "in top-1 points on the seeds both finished; their mean, 95% "
+            "t-interval and n.", ""]
+  for a in others:
+    d, line = difference(paired(runs[a], runs[ref], final_top1))
+    lines.append(f"- {a} − {ref}: {line}. **{verdict(a, ref, d)}**")
+  return lines + [""]
+
+
+def speed_table(runs: Dict[str, List[dict]]) -> List[str]:
+  lines = ["| variant | " + " | ".join(f"{p}% of steps" for p in FRACTIONS) + " |",
+           "|---|" + "---:|" * len(FRACTIONS)]
+  for variant, rs in runs.items():
+    if not rs:
+      continue
+    cells = []
+    for p in FRACTIONS:
+      got = [x for x in (top1_at(r, p) for r in rs) if x]
+      if not got:
+        cells.append("no evaluation yet")
+        continue
+      steps = sorted({step for step, _ in got})
+      cell = (f"{fmt(stats([v for _, v in got]), 2)} "
+              f"(step{'s' if len(steps) > 1 else ''} {', '.join(map(str, steps))})")
+      cells.append(cell + (f", n = {len(got)}" if len(got) < len(rs) else ""))
+    lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+  return lines
+
+
+def speed_section(runs, ref, why, others) -> List[str]:
+  lines = ["## Learning speed", "",
+           "Mean ± std top-1 (%) over seeds at the last evaluation at or before "
+           "each fraction of the training steps (the step used in brackets).", ""]
+  lines += speed_table(runs) + [""]
+  if ref is None:
+    return lines + [why, ""]
+  percent = early_percent([r for rs in runs.values() for r in rs])
+  if percent is None:
+    return lines + ["No fraction before the end at which every run had been "
+                    "evaluated: learning speed cannot be told apart from the final "
+                    "result here.", ""]
+  early_top1 = lambda r: top1_at(r, percent)[1]
+  lines += [f"Paired by seed against **{ref}** at {percent}% of the steps (the "
+            "earliest fraction at which every run had been evaluated) and at "
+            "the end:", ""]
+  for a in others:
+    early, early_line = difference(paired(runs[a], runs[ref], early_top1))
+    end, end_line = difference(paired(runs[a], runs[ref], final_top1))
+    lines.append(f"- {a} − {ref}: at {percent}%: {early_line}; at the end: "
+                 f"{end_line}. **{speed_verdict(a, ref, early, end, percent)}**")
+  return lines + [""]
+
+
+def convergence_section(runs: Dict[str, List[dict]]) -> List[str]:
+  lines = ["## Convergence", "",
+           f"A run counts as converged when its last two evaluations are within "
+           f"{CONVERGED_POINTS:g} top-1 point of each other.", ""]
+  moving = []
+  for variant, rs in runs.items():
+    if not rs:
+      continue
+    passed = sum(converged(r) for r in rs)
+    lines.append(f"- {variant}: {passed} of {len(rs)} runs converged")
+    for r in rs:
+      if converged(r):
+        continue
+      h = r["history"]
+      if len(h) < 2:
+        moving.append(f"- {variant}/seed_{r['_seed']}: a single evaluation, so "
+                      "convergence cannot be checked")
+        continue
+      a, b = 100 * h[-2]["eval_top1"], 100 * h[-1]["eval_top1"]
+      moving.append(f"- {variant}/seed_{r['_seed']}: {a:.2f}% at step {h[-2]['step']}, "
+                    f"then {b:.2f}% at step {h[-1]['step']} ({b - a:+.2f} points)")
+  if moving:
+    lines += ["", "Not converged: the final figure of these runs may still be moving.",
+              ""] + moving
+  else:
+    lines += ["", "Every run passes."]
+  return lines + [""]
+
+
+def gap_section(runs: Dict[str, List[dict]], gap: dict) -> List[str]:
+  by_x, problems = gaps(runs, gap)
+  plus, minus = gap["minus"]
+  lines = [f"## Gap: {plus} − {minus} by {gap.get('xlabel', gap['x'])}", "",
+           f"Runs grouped by `{gap['x']}` and `{gap['split']}` from their own "
+           f"configs; per seed, top-1 of {plus} minus top-1 of {minus} at the "
+           "same x, in points.", "",
+           f"| {gap['x']} | {plus} − {minus} (points) | 95% CI | n | per seed |",
+           "|---:|---:|---:|---:|---|"]
+  for x, diffs in by_x.items():
+    d = stats(list(diffs.values()))
+    mean = f"{d['mean']:+.2f}" if diffs else "(no seed with both)"
+    lines.append(f"| {x} | {mean} | {ci(d)} | {d['n']} | {seed_list(diffs)} |")
+  lines += [""] + [f"- {p}" for p in problems] + ([""] if problems else [])
+  return lines + [gap_trend(by_x, gap), ""]
 
 
 def setup_lines(record: dict, runs: Dict[str, List[dict]]) -> List[str]:
@@ -153,6 +426,20 @@ def setup_lines(record: dict, runs: Dict[str, List[dict]]) -> List[str]:
   ]
 
 
+def plot_gap(ax, runs: Dict[str, List[dict]], gap: dict):
+  """The paired gap per x with its 95% interval, against a line at 0."""
+  by_x, _ = gaps(runs, gap)
+  points = [(x, stats(list(d.values()))) for x, d in reversed(by_x.items()) if d]
+  xs = [x for x, _ in points]
+  ys = [s["mean"] for _, s in points]
+  half = [s["hi"] - s["mean"] if s["n"] >= 2 else 0.0 for _, s in points]
+  ax.axhline(0, color="black", linewidth=0.8)
+  ax.errorbar(xs, ys, yerr=half, marker="o", capsize=4,
+              label=f"{gap['minus'][0]} − {gap['minus'][1]}")
+  ax.set_xlabel(gap.get("xlabel", gap["x"]))
+  ax.set_ylabel("top-1 difference (points)")
+
+
 def plot(record: dict, runs: Dict[str, List[dict]], summaries: Dict[str, dict],
          out: str) -> str:
   """One figure for the sweep's question; returns its file name."""
@@ -161,7 +448,13 @@ def plot(record: dict, runs: Dict[str, List[dict]], summaries: Dict[str, dict],
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
   dataset = next((r["config"]["dataset"] for rs in runs.values() for r in rs), "")
-  if record.get("plot") == "madds":
+  ax.set_ylabel(f"top-1 on {dataset} eval (%)")
+  legend = "mean ± std over seeds"
+  if record.get("plot") == "gap" and record.get("gap"):
+    name = f"{record['name']}_gap.png"
+    plot_gap(ax, runs, record["gap"])
+    legend = "mean of per-seed differences, 95% t-interval"
+  elif record.get("plot") == "madds":
     name = f"{record['name']}_top1_vs_madds.png"
     for model in sorted({s["model"] for s in summaries.values() if s["model"]}):
       points = sorted((s["madds"] / 1e6, s["top1"]["mean"], s["top1"]["std"], v)
@@ -193,11 +486,10 @@ def plot(record: dict, runs: Dict[str, List[dict]], summaries: Dict[str, dict],
                       [m + s for m, s in zip(mean, std)], alpha=0.2,
                       color=line.get_color())
     ax.set_xlabel("training step")
-  ax.set_ylabel(f"top-1 on {dataset} eval (%)")
   ax.set_title(textwrap.fill(record.get("question") or record["name"], 70),
                fontsize=9)
   ax.grid(True, alpha=0.3)
-  ax.legend(fontsize=8, title="mean ± std over seeds", title_fontsize=8)
+  ax.legend(fontsize=8, title=legend, title_fontsize=8)
   fig.tight_layout()
   fig.savefig(os.path.join(out, name))
   plt.close(fig)
@@ -211,14 +503,19 @@ def write_report(workdir: str, out: str = None) -> str:
   record = load_record(workdir)
   runs, problems = load_runs(workdir, record["variants"])
   summaries = {v: summarize(rs) for v, rs in runs.items()}
+  ref, why, others = reference(record, runs, summaries)
   lines = [f"# {record['name']}", ""]
   if record.get("question"):
     lines += [record["question"], ""]
   lines += setup_lines(record, runs) + [""] + table(summaries) + [""]
-  lines += ["## Conclusion", ""] + conclusion(summaries) + [""]
+  lines += final_section(runs, ref, why, others)
+  if any(runs.values()):
+    lines += speed_section(runs, ref, why, others) + convergence_section(runs)
+  if record.get("gap") and any(runs.values()):
+    lines += gap_section(runs, record["gap"])
   if record.get("notes"):
     lines += ["## Caveats", ""] + [f"- {n}" for n in record["notes"]] + [""]
-  if any(rs for rs in runs.values()):
+  if any(runs.values()):
     lines += [f"![{record['name']}]({plot(record, runs, summaries, out)})", ""]
   if problems:
     lines += ["## Runs left out", ""] + [f"- {p}" for p in problems] + [""]

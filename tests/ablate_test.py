@@ -49,6 +49,34 @@ def test_unknown_keys_and_repeated_seeds_are_errors():
     ablate.expand(sweep(), seeds=[1, 1])
 
 
+def test_report_keys_are_copied_to_sweep_json_and_checked_up_front(tmp_path):
+  gap = dict(x="model.alpha", split="model.bottleneck_activation",
+             minus=["linear", "relu6"], xlabel="width multiplier alpha")
+  s = sweep(compare_to="b", gap=gap, plot="gap")
+  s["variants"] = {"a": {"model.bottleneck_activation": "linear"},
+                   "b": {"model.bottleneck_activation": "relu6"}}
+  ablate.write_sweep_record(str(tmp_path), s, ablate.expand(s))
+  record = json.loads((tmp_path / "sweep.json").read_text())
+  assert record["compare_to"] == "b" and record["gap"] == gap and record["plot"] == "gap"
+  # Without the keys, sweep.json is as before.
+  ablate.write_sweep_record(str(tmp_path / "plain"), sweep(), ablate.expand(sweep()))
+  assert not {"compare_to", "gap"} & set(json.loads((tmp_path / "plain" / "sweep.json").read_text()))
+
+  def fails(match, **changes):
+    bad = {**s, **changes}
+    with pytest.raises(ConfigError, match=match):
+      ablate.write_sweep_record(str(tmp_path / "bad"), bad, ablate.expand(bad))
+    assert not (tmp_path / "bad").exists()  # nothing written, nothing trained
+
+  fails(r"compare_to='c' is not a variant; choose one of 'a', 'b'\.", compare_to="c")
+  fails("gap needs the keys x, split and minus", gap=dict(x="model.alpha"))
+  fails("plot='gap' needs a gap key", gap=None)
+  fails("gap: unknown config key 'model.alfa'", gap={**gap, "x": "model.alfa"})
+  fails(r"gap minus=\['linear', 'relu'\] must be two values of "
+        r"model.bottleneck_activation that the variants use: 'linear', 'relu6'\.",
+        gap={**gap, "minus": ["linear", "relu"]})
+
+
 def write_result(workdir, variant, seed, top1, loss=1.0, history=None):
   run_dir = workdir / variant / f"seed_{seed}"
   run_dir.mkdir(parents=True)
@@ -76,14 +104,18 @@ def test_report_statistics_on_hand_made_results(tmp_path):
   (tmp_path / "c" / "seed_0").mkdir(parents=True)  # started, never finished
   path = report.write_report(str(tmp_path))
   text = open(path).read()
-  # a: mean 92.00, sample std 2.00, n 3; loss mean 1.5, std 1.0.
-  assert "| a | 1,000 | 2.00M | 92.00 ± 2.00 | 1.5000 ± 1.0000 | 10 | 3 |" in text
-  # b: the corrupt seed is skipped, not counted: n 2.
-  assert "| b | 1,000 | 2.00M | 51.00 ± 1.41 | 1.0000 ± 0.0000 | 10 | 2 |" in text
-  assert "| c | | | (no finished runs) | | | 0 |" in text
+  # a: mean 92.00, sample std 2.00, 95% t-interval 92 -+ 4.303 * 2 / sqrt(3),
+  # n 3; loss mean 1.5, std 1.0.
+  assert ("| a | 1,000 | 2.00M | 92.00 ± 2.00 | [87.03, 96.97] | 1.5000 ± 1.0000 "
+          "| 10 | 3 |") in text
+  # b: the corrupt seed is skipped, not counted: n 2 (t = 12.71 at 1 dof).
+  assert ("| b | 1,000 | 2.00M | 51.00 ± 1.41 | [38.29, 63.71] | 1.0000 ± 0.0000 "
+          "| 10 | 2 |") in text
+  assert "| c | | | (no finished runs) | | | | 0 |" in text
   assert "b/seed_2: results.json unreadable (JSONDecodeError" in text
   assert "c/seed_0: no results.json" in text
-  assert "larger than the seed spread" in text  # 41 points apart, se ~1.4
+  # Paired on seeds 0 and 1, b - a is -40 in both.
+  assert "a ends higher than b by 40.00 points (95% CI [40.00, 40.00], 2 seeds)" in text
   assert "commit `abc`" in text and "`cmd`" in text
   assert os.path.getsize(tmp_path / "toy_eval_curves.png") > 10_000
   # Built only from the files: regenerating gives the same report.
@@ -98,7 +130,7 @@ def test_close_variants_are_not_called_different(tmp_path):
       "name": "close", "question": "", "plot": "madds", "variants": ["a", "b"],
       "seeds": [0, 1, 2], "command": "cmd"}))
   text = open(report.write_report(str(tmp_path))).read()
-  assert "not distinguishable from seed noise" in text
+  assert "b vs a: not separable at 3 seeds" in text  # b - a: +1, -3, +1
   assert os.path.exists(tmp_path / "close_top1_vs_madds.png")
 
 

@@ -1,0 +1,246 @@
+"""The sweep report's statistics and sections, on hand-made results.json files
+with known numbers: no training."""
+
+import json
+import math
+import os
+
+import matplotlib.axes
+import pytest
+
+from configs import default
+from mobilenet_jax import report
+
+T_975_2 = 4.302652729749462  # Student t, 97.5% quantile, 2 degrees of freedom
+
+
+def write_run(workdir, variant, seed, top1s, steps=100, every=20, **config):
+  """A results.json whose history evaluates every `every` steps, ending at
+  `steps`, with top-1 `top1s` (in %); `config` sets dotted keys."""
+  cfg = default.get_config().to_dict()
+  for key, value in config.items():
+    *parents, leaf = key.split("__")
+    node = cfg
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  cfg["seed"] = seed
+  first = steps - every * (len(top1s) - 1)
+  history = [{"step": first + every * i, "eval_top1": t / 100, "eval_loss": 1.0}
+             for i, t in enumerate(top1s)]
+  run_dir = workdir / variant / f"seed_{seed}"
+  run_dir.mkdir(parents=True)
+  (run_dir / "results.json").write_text(json.dumps({
+      "config": cfg, "eval_top1": top1s[-1] / 100, "eval_loss": 1.0,
+      "train_time_s": 10.0, "params": 1000, "madds": 2e6, "device_kind": "cpu",
+      "num_devices": 1, "steps": steps, "global_batch_size": 64,
+      "history": history}))
+
+
+def write_record(workdir, variants, seeds=(0, 1, 2), **keys):
+  record = {"name": "toy", "question": "Which is better?", "plot": "curves",
+            "variants": variants, "seeds": list(seeds), "command": "cmd",
+            "commit": "abc", **keys}
+  (workdir / "sweep.json").write_text(json.dumps(record))
+
+
+def build(workdir) -> str:
+  return open(report.write_report(str(workdir))).read()
+
+
+def section(text, title) -> str:
+  """The lines under `## title` up to the next section."""
+  start = text.index(f"## {title}")
+  end = text.find("\n## ", start + 1)
+  return text[start:end if end >= 0 else None]
+
+
+def test_interval_is_student_t_with_n_minus_1_dof():
+  s = report.stats([1.0, 2.0, 3.0])  # std 1
+  half = T_975_2 * 1 / math.sqrt(3)
+  assert s["mean"] == 2 and s["n"] == 3
+  assert s["lo"] == pytest.approx(2 - half) and s["hi"] == pytest.approx(2 + half)
+  assert report.ci(s) == "[-0.48, 4.48]"
+  one = report.stats([5.0])
+  assert math.isnan(one["lo"]) and report.ci(one) == "n/a"
+
+
+def test_table_shows_the_interval_next_to_mean_std_and_n(tmp_path):
+  write_record(tmp_path, ["a"])
+  for seed, top1 in enumerate((90.0, 92.0, 94.0)):
+    write_run(tmp_path, "a", seed, [top1])
+  # mean 92, std 2: 92 -+ 4.303 * 2 / sqrt(3)
+  assert "| a | 1,000 | 2.00M | 92.00 ± 2.00 | [87.03, 96.97] | " in build(tmp_path)
+
+
+def test_paired_differences_on_the_common_seeds(tmp_path):
+  """b differs a lot between seeds, a - b hardly: only pairing sees it. Seed 3
+  of b has no partner in a and is left out of the pair."""
+  write_record(tmp_path, ["a", "b"], seeds=[0, 1, 2, 3], compare_to="b")
+  for seed, (b, diff) in enumerate(((50, 1), (60, 2), (70, 3))):
+    write_run(tmp_path, "a", seed, [b + diff])
+    write_run(tmp_path, "b", seed, [b])
+  write_run(tmp_path, "b", 3, [10])
+  text = section(build(tmp_path), "Final top-1")
+  assert ("- a − b: mean +2.00, 95% CI [-0.48, 4.48], n = 3 "
+          "(seed 0: +1.00, seed 1: +2.00, seed 2: +3.00)") in text
+  assert "**a vs b: not separable at 3 seeds (95% CI [-0.48, 4.48]).**" in text
+
+
+@pytest.mark.parametrize("diffs, conclusion", [
+    ((2.0, 2.1, 1.9), "a ends higher than b by 2.00 points (95% CI [1.75, 2.25], 3 seeds)."),
+    ((-2.0, -2.1, -1.9), "b ends higher than a by 2.00 points (95% CI [1.75, 2.25], 3 seeds)."),
+    ((1.0, 2.0, -1.0), "a vs b: not separable at 3 seeds (95% CI [-3.13, 4.46])."),
+    ((5.0,), "a vs b: 1 paired seed, no interval: no claim."),
+])
+def test_conclusion_follows_the_interval(tmp_path, diffs, conclusion):
+  write_record(tmp_path, ["a", "b"], compare_to="b")
+  for seed, diff in enumerate(diffs):
+    write_run(tmp_path, "a", seed, [60 + 10 * seed + diff])
+    write_run(tmp_path, "b", seed, [60 + 10 * seed])
+  text = build(tmp_path)
+  assert f"**{conclusion}**" in section(text, "Final top-1")
+  assert "standard error" not in text
+
+
+def test_reference_is_compare_to_else_the_best_mean(tmp_path):
+  write_record(tmp_path, ["a", "b", "c"])
+  for seed in range(3):
+    for variant, top1 in (("a", 50), ("b", 60), ("c", 70)):
+      write_run(tmp_path, variant, seed, [top1 + seed])
+  text = section(build(tmp_path), "Final top-1")
+  assert "against **c** (the highest mean top-1, 71.00 ± 1.00%)" in text
+  assert "- a − c: mean -20.00" in text and "- b − c: mean -10.00" in text
+  write_record(tmp_path, ["a", "b", "c"], compare_to="a")
+  text = section(build(tmp_path), "Final top-1")
+  assert "against **a** (the sweep's compare_to)" in text
+  assert "- b − a: mean +10.00" in text and "- c − a: mean +20.00" in text
+  assert "− c:" not in text
+
+
+def test_learning_speed_table_uses_the_last_evaluation_at_or_before_each_fraction(tmp_path):
+  write_record(tmp_path, ["a", "b"])
+  for seed in range(2):
+    # Evaluated at steps 20, 40, ..., 100 of 100.
+    write_run(tmp_path, "a", seed, [30 + seed, 50, 70, 80, 90 + 2 * seed])
+    # Evaluated at steps 50, 100, ..., 200 of 200: nothing by 10% (step 20).
+    write_run(tmp_path, "b", seed, [40, 60 + seed, 70, 80], steps=200, every=50)
+  table = section(build(tmp_path), "Learning speed")
+  assert "| variant | 10% of steps | 25% of steps | 50% of steps | 100% of steps |" in table
+  assert ("| a | no evaluation yet | 30.50 ± 0.71 (step 20) | 50.00 ± 0.00 (step 40) | "
+          "91.00 ± 1.41 (step 100) |") in table
+  assert ("| b | no evaluation yet | 40.00 ± 0.00 (step 50) | 60.50 ± 0.71 (step 100) | "
+          "80.00 ± 0.00 (step 200) |") in table
+  # 25% is the earliest fraction with an evaluation in every run.
+  assert "at 25% of the steps (the earliest fraction" in table
+
+
+def test_learning_speed_is_told_apart_from_the_end(tmp_path):
+  """Against ref: `fast` is higher at 25% only, `late` lower at the end only,
+  `worse` both, `same` neither."""
+  write_record(tmp_path, ["ref", "fast", "late", "worse", "same"], compare_to="ref")
+  early_end = {"fast": ((10, 11, 9), (1, -1, 0)), "late": ((1, -1, 0), (-5, -6, -4)),
+               "worse": ((-10, -11, -9), (-5, -6, -4)), "same": ((1, -1, 0), (1, -1, 0))}
+  for seed in range(3):
+    write_run(tmp_path, "ref", seed, [30 + seed, 50, 70, 80, 80 + seed])
+    for variant, (early, end) in early_end.items():
+      write_run(tmp_path, variant, seed,
+                [30 + seed + early[seed], 50, 70, 80, 80 + seed + end[seed]])
+  text = section(build(tmp_path), "Learning speed")
+  lines = {line.split(":")[0]: line for line in text.splitlines() if line.startswith("- ")}
+  assert lines["- fast − ref"].startswith(
+      "- fast − ref: at 25%: mean +10.00, 95% CI [7.52, 12.48], n = 3 "
+      "(seed 0: +10.00, seed 1: +11.00, seed 2: +9.00); at the end: mean +0.00")
+  assert lines["- fast − ref"].endswith(
+      "**differs early but not at the end: learns at another speed (fast higher "
+      "at 25% of the steps), and the final top-1 is not separable.**")
+  assert lines["- late − ref"].endswith(
+      "**differs at the end (ref higher) but not at 25% of the steps.**")
+  assert lines["- worse − ref"].endswith(
+      "**differs both at 25% of the steps (ref higher) and at the end (ref higher).**")
+  assert lines["- same − ref"].endswith(
+      "**separable neither at 25% of the steps nor at the end at 3 seeds.**")
+
+
+def test_convergence_lists_exactly_the_runs_still_moving(tmp_path):
+  write_record(tmp_path, ["a", "b"])
+  write_run(tmp_path, "a", 0, [50, 80, 80.5])
+  write_run(tmp_path, "a", 1, [50, 70, 75])  # moved 5 points at the end
+  write_run(tmp_path, "a", 2, [60])  # one evaluation: cannot tell
+  write_run(tmp_path, "b", 0, [50, 79, 80])  # exactly 1 point: converged
+  write_run(tmp_path, "b", 1, [50, 80, 79.5])
+  text = section(build(tmp_path), "Convergence")
+  assert "- a: 1 of 3 runs converged" in text and "- b: 2 of 2 runs converged" in text
+  moving = [line for line in text.split("may still be moving.")[1].splitlines()
+            if line.startswith("- ")]
+  assert moving == [
+      "- a/seed_1: 70.00% at step 80, then 75.00% at step 100 (+5.00 points)",
+      "- a/seed_2: a single evaluation, so convergence cannot be checked"]
+
+
+def write_gap_sweep(workdir, gaps, plot="gap"):
+  """2 x 2: alpha in (1.0, 0.5) x activation in (linear, relu6), seeds 0-2;
+  `gaps[alpha]` are the per-seed linear - relu6 differences."""
+  variants = [f"{act}_{alpha}" for alpha in (1.0, 0.5) for act in ("linear", "relu6")]
+  write_record(workdir, variants, plot=plot, gap=dict(
+      x="model.alpha", split="model.bottleneck_activation",
+      minus=["linear", "relu6"], xlabel="width multiplier alpha"))
+  for alpha in (1.0, 0.5):
+    for seed, diff in enumerate(gaps[alpha]):
+      base = 40 + 20 * alpha + 5 * seed
+      for act, top1 in (("linear", base + diff), ("relu6", base)):
+        write_run(workdir, f"{act}_{alpha}", seed, [top1], model__alpha=alpha,
+                  model__bottleneck_activation=act)
+
+
+def test_gap_table_and_plot_from_a_2x2_sweep(tmp_path, monkeypatch):
+  calls = []
+  errorbar, axhline = matplotlib.axes.Axes.errorbar, matplotlib.axes.Axes.axhline
+  monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", lambda self, *a, **k: (
+      calls.append(("errorbar", a, k)), errorbar(self, *a, **k))[1])
+  monkeypatch.setattr(matplotlib.axes.Axes, "axhline", lambda self, *a, **k: (
+      calls.append(("axhline", a, k)), axhline(self, *a, **k))[1])
+  write_gap_sweep(tmp_path, {1.0: (1, 2, 3), 0.5: (5, 6.5, 7.5)})
+  text = build(tmp_path)
+  gap = section(text, "Gap")
+  assert gap.startswith("## Gap: linear − relu6 by width multiplier alpha")
+  assert ("| 1.0 | +2.00 | [-0.48, 4.48] | 3 | "
+          "seed 0: +1.00, seed 1: +2.00, seed 2: +3.00 |") in gap
+  assert "| 0.5 | +6.33 | " in gap
+  assert gap.index("| 1.0 |") < gap.index("| 0.5 |")  # x shrinking downwards
+  # Per seed the gap grows by 4, 4.5, 4.5: mean 4.33, std 0.29.
+  assert ("mean +4.33 points, 95% CI [3.62, 5.05], n = 3): the gap is larger at "
+          "model.alpha=0.5 than at 1.0: the intervals support a gap that grows") in gap
+  assert "![toy](toy_gap.png)" in text
+  assert os.path.getsize(tmp_path / "toy_gap.png") > 10_000
+  (_, (xs, ys), kw), = [c for c in calls if c[0] == "errorbar"]
+  assert list(xs) == [0.5, 1.0] and ys == pytest.approx([19 / 3, 2.0])
+  assert kw["yerr"][1] == pytest.approx(T_975_2 / math.sqrt(3))
+  assert [c[1] for c in calls if c[0] == "axhline"] == [(0,)]
+
+
+def test_a_gap_the_intervals_do_not_separate_is_not_called_growing(tmp_path):
+  write_gap_sweep(tmp_path, {1.0: (1, 2, 3), 0.5: (0, 5, 2)}, plot="curves")
+  text = build(tmp_path)
+  assert ("the intervals do not support a gap that grows as model.alpha shrinks"
+          in section(text, "Gap"))
+  assert os.path.exists(tmp_path / "toy_eval_curves.png")  # plot stays as asked
+  assert not os.path.exists(tmp_path / "toy_gap.png")
+
+
+def test_report_regenerates_byte_identically_and_skips_bad_runs(tmp_path):
+  write_record(tmp_path, ["a", "b"])
+  for seed in range(3):
+    write_run(tmp_path, "a", seed, [60, 60 + seed / 2])
+    write_run(tmp_path, "b", seed, [50, 50 + seed / 2])
+  (tmp_path / "b" / "seed_2" / "results.json").write_text("{not json")
+  (tmp_path / "b" / "seed_3").mkdir()
+  for path in tmp_path.glob("*/seed_*/results.json"):
+    os.utime(path, (1704164640, 1704164640))  # 2024-01-02 03:04 UTC
+  text = build(tmp_path)
+  assert "runs finished by 2024-01-02 03:04 UTC" in text
+  assert "- Command: `cmd`" in text and "commit `abc`" in text and "- Seeds: 0, 1, 2" in text
+  assert "b/seed_2: results.json unreadable (JSONDecodeError" in text
+  assert "b/seed_3: no results.json" in text
+  assert "- b: 2 of 2 runs converged" in text  # the bad runs are not counted
+  assert build(tmp_path) == text
