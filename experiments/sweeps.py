@@ -1,14 +1,18 @@
-"""What the shipped sweeps share: a short run of configs/default.py.
+"""What the shipped sweeps share: configs/default.py, trained to convergence.
 
-Short enough that a sweep of 3 seeds finishes on a 2-core CPU: 10 epochs of
-the digits (220 steps of batch 64) instead of the default's 60, evaluated 5
-times so the curves have shape.
+The default's whole budget, 60 epochs of the digits (1,320 steps of batch 64),
+evaluated every 6 epochs (10 times): the reports compare how fast each variant
+learns as well as where it ends, and check that it ended (its last two
+evaluations within 1 point). Seeds: 5 for the MobileNetV2 sweeps, whose
+effects the paper reports as small (Fig. 6), 3 elsewhere.
 """
 
 from mobilenet_jax import defaults
 
-EPOCHS = 10
-EVAL_EVERY = 44  # steps: 5 evaluations over 220
+EPOCHS = 60
+EVAL_EVERY = 132  # steps: 10 evaluations over 1,320
+V2_SEEDS = [0, 1, 2, 3, 4]
+SEEDS = [0, 1, 2]
 
 
 def base_config():
@@ -30,10 +34,10 @@ def model(name: str, **changes):
 
 
 NOTES = [
-    f"Short runs: {EPOCHS} of the default's 60 epochs (the full default reaches "
-    "96.7-97.5% top-1). Differences here are in how fast a variant learns in a fixed "
-    "short budget, not in converged accuracy; the paper's numbers are converged "
-    "ImageNet results.",
+    "Scale: the 8x8 handwritten digits upsampled to 32 px, 1,437 training and 360 "
+    "test images, 10 classes, one 2-core CPU. The papers' figures are ImageNet "
+    "top-1 (1.28M images, 1,000 classes, 224 px); an effect here is evidence about "
+    "the mechanism at this scale, not a replication of the paper's number.",
     "Train times were measured on a shared 2-core CPU while other jobs ran; "
     "compare them only roughly.",
 ]

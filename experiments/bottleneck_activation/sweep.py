@@ -10,4 +10,4 @@ def get_sweep():
       base=sweeps.base_config(),
       variants={act: {"model.bottleneck_activation": act}
                 for act in ("linear", "relu6", "relu")},
-      notes=sweeps.NOTES, seeds=[0, 1, 2], plot="curves")
+      compare_to="linear", notes=sweeps.NOTES, seeds=sweeps.V2_SEEDS, plot="curves")

@@ -17,4 +17,4 @@ def get_sweep():
       base=sweeps.base_config(),
       variants={name.replace("/", "_"): {"image_size": size}
                 for name, size in SIZES.items()},
-      notes=sweeps.NOTES, seeds=[0, 1, 2], plot="madds")
+      notes=sweeps.NOTES, seeds=sweeps.SEEDS, plot="madds")

@@ -12,4 +12,4 @@ def get_sweep():
       variants={kind: {"model": sweeps.model("mobilenet_v1", alpha=0.5,
                                              conv_type=kind)}
                 for kind in ("separable", "full")},
-      notes=sweeps.NOTES, seeds=[0, 1, 2], plot="madds")
+      notes=sweeps.NOTES, seeds=sweeps.SEEDS, plot="madds")

@@ -9,4 +9,4 @@ def get_sweep():
       question="Where should the residual shortcut go (MobileNetV2 Fig. 6b)?",
       base=sweeps.base_config(),
       variants={s: {"model.shortcut": s} for s in ("bottleneck", "expansion", "none")},
-      notes=sweeps.NOTES, seeds=[0, 1, 2], plot="curves")
+      compare_to="bottleneck", notes=sweeps.NOTES, seeds=sweeps.V2_SEEDS, plot="curves")

@@ -12,4 +12,4 @@ def get_sweep():
       variants={"0.75_mobilenet": {"model": sweeps.model("mobilenet_v1", alpha=0.75)},
                 "shallow_mobilenet": {"model": sweeps.model("mobilenet_v1",
                                                             shallow=True)}},
-      notes=sweeps.NOTES, seeds=[0, 1, 2], plot="madds")
+      notes=sweeps.NOTES, seeds=sweeps.SEEDS, plot="madds")

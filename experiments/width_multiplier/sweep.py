@@ -11,4 +11,4 @@ def get_sweep():
       name="width_multiplier",
       question="How does accuracy trade against multiply-adds as alpha shrinks "
                "(MobileNet V1 Table 6, Fig. 4)?",
-      base=sweeps.base_config(), variants=variants, notes=sweeps.NOTES, seeds=[0, 1, 2], plot="madds")
+      base=sweeps.base_config(), variants=variants, notes=sweeps.NOTES, seeds=sweeps.SEEDS, plot="madds")
