@@ -31,7 +31,6 @@ import json
 import logging as py_logging
 import os
 import runpy
-import subprocess
 import sys
 import time
 from typing import Dict, List, NamedTuple
@@ -127,19 +126,6 @@ def is_done(run_dir: str) -> bool:
   return os.path.exists(os.path.join(run_dir, "results.json"))
 
 
-def git_commit() -> str:
-  """The commit of this checkout (with "+changes" if it has local edits)."""
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  try:
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
-                          capture_output=True, text=True, check=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                           cwd=root, capture_output=True, text=True).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return "unknown"
-  return head + ("+changes" if dirty else "")
-
-
 GAP_EXAMPLE = ("gap=dict(x='model.alpha', split='model.bottleneck_activation', "
                "minus=['linear', 'relu6'], xlabel='width multiplier alpha')")
 
@@ -186,7 +172,7 @@ def write_sweep_record(workdir: str, sweep: dict, runs: List[Run]):
             "variants": list(sweep["variants"]),
             "seeds": sorted({r.seed for r in runs}),
             "command": "python -m mobilenet_jax.ablate " + " ".join(sys.argv[1:]),
-            "commit": git_commit()}
+            "commit": cli.git_commit()}
   record.update({k: sweep[k] for k in ("compare_to", "gap") if k in sweep})
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, "sweep.json")

@@ -1,7 +1,9 @@
 """What every command-line entry point shares: one-line errors for people."""
 
 import logging as py_logging
+import os
 import runpy
+import subprocess
 import sys
 
 from absl import app, flags, logging
@@ -86,3 +88,16 @@ def run(main):
     except ConfigError as e:
       fail(str(e))
   app.run(guarded, flags_parser=parse_flags)
+
+
+def git_commit() -> str:
+  """The commit of this checkout (with "+changes" if it has local edits)."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
+                          capture_output=True, text=True, check=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                           cwd=root, capture_output=True, text=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+  return head + ("+changes" if dirty else "")
