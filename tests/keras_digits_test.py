@@ -118,6 +118,7 @@ def test_relu6_bounds_what_follows_each_projection():
 
 # -------------------------------------------------------------- the recipe ---
 
+@pytest.mark.slow
 def test_weight_decay_mask_and_update_match_the_project():
   config = defaults.get_config()
   config.weight_decay, config.warmup_epochs, config.learning_rate = 0.1, 0.0, 0.5
@@ -165,6 +166,7 @@ def test_learning_rate_follows_the_project_schedule():
 
 # -------------------------------------------------------------- training ---
 
+@pytest.mark.slow
 def test_three_steps_on_the_projects_batches(data_dir, tmp_path):
   from mobilenet_jax.data import datasets, input_pipeline
   # 0.1 epoch of 22 steps: ceil(2.2) = 3 steps, as the project counts them.

@@ -40,6 +40,7 @@ def tiny(config, **overrides):
 SMALL_BLOCKS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2))  # fast to compile
 
 
+@pytest.mark.slow
 def test_imagenet_config_trains_on_imagenet_like_jpegs(tmp_path):
   """The ImageNet recipe (Inception crop, central crop, 1000 classes) on
   generated ImageNet-sized JPEGs: 40 train, 10 validation."""
