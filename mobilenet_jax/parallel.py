@@ -120,11 +120,6 @@ def local_shards(mesh) -> list:
           if d.process_index == jax.process_index()]
 
 
-def local_batch_size(global_batch: int) -> int:
-  """This process's share of a global batch."""
-  return global_batch // jax.process_count()
-
-
 def shard_batch(batch: Dict[str, np.ndarray], mesh) -> Dict[str, jax.Array]:
   """This process's numpy batch -> global arrays split over the "data" axis."""
   sharding = NamedSharding(mesh, P(DATA))

@@ -26,6 +26,7 @@ ArrayRecord; `datasets.py` prepares it, or converts a TFRecord one.
 
 import ctypes
 import dataclasses
+import functools
 import os
 import signal
 from typing import Dict, Optional, Sequence, Tuple
@@ -71,8 +72,10 @@ class Encoded:
     return [r["image"] for r in records], np.array([r["label"] for r in records])
 
 
+@functools.lru_cache(maxsize=4)
 def open_split(builder, split: str):
-  """`split` of a prepared ArrayRecord builder, as a random-access source."""
+  """`split` of a prepared ArrayRecord builder, as a random-access source;
+  opened (a small split: decoded) once per builder, not at every evaluation."""
   image = builder.info.features["image"]
   small = (builder.info.dataset_size or 0) < CACHE_LIMIT_BYTES
   fixed = image.shape[0] is not None and image.shape[1] is not None
