@@ -15,7 +15,10 @@ ratios are printed. With --rounds N, ours and every peer are timed N times,
 alternating, and each ratio is the median of the N ratios of adjacent
 measurements: on a shared machine whose speed drifts by tens of percent over
 minutes, that is steadier than one ratio of two measurements minutes apart.
-With --json, one JSON object is printed.
+With --seeds N, N seeds' train steps also run together in one compiled
+program (`jax.vmap` over the stacked states and each seed's own batch) and
+are compared with one seed's step: the route for training a sweep's seeds
+at once, measured before adopting it. With --json, one JSON object is printed.
 """
 
 if __name__ == "__main__":  # before the imports below allocate anything
@@ -61,6 +64,9 @@ flags.DEFINE_enum("peer_hugepages", "off", ["off", "on", "both"],
                   "Run the peers without (as they run out of the box) or with the "
                   "huge-page malloc tunable this project's entry points set "
                   "(mobilenet_jax/hugepages.py), or both ways.")
+flags.DEFINE_integer("seeds", 1, "Also time this many seeds' train steps vmapped "
+                     "in one program, against one seed's step (--mode train/both).",
+                     lower_bound=1)
 flags.DEFINE_integer("rounds", 1, "Time ours and each peer this many times, "
                      "alternating; ratios are the median over rounds.", lower_bound=1)
 flags.DEFINE_bool("json", False, "Print one JSON object.")
@@ -142,10 +148,9 @@ def prepare_jax(output_stride: int, depthwise_impl: str) -> tuple:
   timers, holder = {}, [state]  # the latest state: training donates the previous one
 
   if FLAGS.mode in ("train", "both"):
-    step = parallel.data_parallel(
-        functools.partial(steps.train_step, model=model, tx=tx, label_smoothing=0.0,
-                          ema_decay=0.0),
-        mesh, donate_state=True)
+    step_fn = functools.partial(steps.train_step, model=model, tx=tx,
+                                label_smoothing=0.0, ema_decay=0.0)
+    step = parallel.data_parallel(step_fn, mesh, donate_state=True)
     t = time.perf_counter()
     step = step.lower(state, device_batch).compile()
     result["train"] = {"compile_s": time.perf_counter() - t}
@@ -160,6 +165,8 @@ def prepare_jax(output_stride: int, depthwise_impl: str) -> tuple:
       metrics["loss"].block_until_ready()
 
     timers["train"] = train
+    if FLAGS.seeds > 1:
+      timers["seeds"], result["seeds"] = seeds_timer(model, tx, step_fn, mesh)
 
   if FLAGS.mode in ("infer", "both"):
     variables = lambda: {"params": holder[0].params, "batch_stats": holder[0].batch_stats}
@@ -172,20 +179,64 @@ def prepare_jax(output_stride: int, depthwise_impl: str) -> tuple:
   return result, timers
 
 
+def seeds_timer(model, tx, step_fn, mesh) -> tuple:
+  """(timer, result entry) for `--seeds` seeds trained in one program: the
+  states stacked on a leading axis, each seed with its own batch (split over
+  devices like any batch), `step_fn` vmapped over both."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from jax.sharding import NamedSharding, PartitionSpec as P
+
+  from mobilenet_jax import parallel
+  from mobilenet_jax.training import steps
+
+  n, size = FLAGS.seeds, FLAGS.image_size
+  states = [steps.create_train_state(model, size, tx, jax.random.key(seed), ema=False)
+            for seed in range(n)]
+  state = parallel.replicate(jax.tree.map(lambda *xs: jnp.stack(xs), *states), mesh)
+  rng = np.random.default_rng(1)
+  batch = {"image": rng.standard_normal((n, FLAGS.batch_size, size, size, 3), np.float32),
+           "label": rng.integers(0, 1000, (n, FLAGS.batch_size))}
+  batch = jax.device_put(batch, NamedSharding(mesh, P(None, parallel.DATA)))
+  sharded = jax.shard_map(jax.vmap(step_fn), mesh=mesh,
+                          in_specs=(P(), P(None, parallel.DATA)), out_specs=P())
+  t = time.perf_counter()
+  step = jax.jit(sharded, donate_argnums=(0,)).lower(state, batch).compile()
+  entry, holder = {"compile_s": time.perf_counter() - t, "seeds": n}, [state]
+
+  def train_seeds():
+    holder[0], metrics = step(holder[0], batch)
+    metrics["loss"].block_until_ready()
+
+  return train_seeds, entry
+
+
+def images_per_step(mode: str) -> int:
+  """Images one timed call of `mode` processes: every seed's batch for "seeds"."""
+  return FLAGS.batch_size * (FLAGS.seeds if mode == "seeds" else 1)
+
+
 def finish_jax(result: dict, rounds: list) -> dict:
   """Adds ours' figures over the steps of all rounds (each round: {mode: step
   durations}), the headline figures and peak memory."""
   import jax
   for mode in rounds[0]:
     steps_s = [t for r in rounds for t in r[mode]]
-    result[mode].update(peers.summarize(steps_s, FLAGS.batch_size),
+    result[mode].update(peers.summarize(steps_s, images_per_step(mode)),
                         timed_steps=len(steps_s))
+  if "seeds" in result:  # > 1: training the seeds together is faster
+    per_round = [statistics.median(r["train"]) * FLAGS.seeds / statistics.median(r["seeds"])
+                 for r in rounds]
+    result["seeds"].update(speedup=statistics.median(per_round),
+                           speedup_range=[min(per_round), max(per_round)])
   # The headline figures: training's if timed, else inference's.
   main_mode = result.get("train") or result["infer"]
   result.update({k: main_mode[k] for k in ("img_per_s", "step_ms_median", "compile_s")})
   result["peak_mem_mb"], result["peak_mem_of"] = peak_memory_mb(jax.local_devices()[0])
-  for mode in rounds[0]:  # throughput per multiply-add, to compare networks
-    result[mode]["gmadds_per_s"] = result[mode]["img_per_s"] * result["madds"] / 1e9
+  for mode in ("train", "infer", "seeds"):  # per multiply-add, to compare networks
+    if mode in rounds[0]:
+      result[mode]["gmadds_per_s"] = result[mode]["img_per_s"] * result["madds"] / 1e9
   return result
 
 
@@ -274,6 +325,13 @@ def print_table(result: dict):
           ratio = v.get("per_madd_vs_base", {}).get(mode, 1.0)
           print(f"{label:<40}{mode:<7}{v[mode]['img_per_s']:>9.1f}"
                 f"{v[mode]['gmadds_per_s']:>10.2f}{ratio:>17.2f}x")
+  if "seeds" in result:
+    s = result["seeds"]
+    print(f"{s['seeds']} seeds in one vmapped program: {s['img_per_s']:.1f} img/s over all "
+          f"seeds, {s['step_ms_median']:.1f} ms per step of all seeds, compile "
+          f"{s['compile_s']:.1f} s; {s['speedup']:.2f}x the throughput of one seed's "
+          f"steps one after another (per round {s['speedup_range'][0]:.2f}-"
+          f"{s['speedup_range'][1]:.2f})")
   print(f"peak memory {result['peak_mem_mb']:.0f} MB ({result['peak_mem_of']})")
 
 
@@ -297,7 +355,7 @@ def main(argv):
     for v in result["variants"]:
       v["per_madd_vs_base"] = per_madd_ratios(v, result)
   if labels:
-    ours_per_round = [{mode: peers.summarize(steps_s, FLAGS.batch_size)
+    ours_per_round = [{mode: peers.summarize(steps_s, images_per_step(mode))
                        for mode, steps_s in r.items()} for r in ours_rounds]
     result["peers"] = [combine_peer(peer_runs[label], ours_per_round) for label in labels]
   if FLAGS.json:

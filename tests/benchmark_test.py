@@ -32,7 +32,7 @@ def run(mode, *extra):
 
 @pytest.mark.slow
 def test_json_has_the_figures_and_no_tensorflow_is_imported():
-  result = run("both", "--rounds=2", "--variant=output_stride=16")
+  result = run("both", "--rounds=2", "--variant=output_stride=16", "--seeds=3")
   for key in ("img_per_s", "step_ms_median", "compile_s", "peak_mem_mb"):
     assert result[key] > 0, key
   assert result["backend"] == "cpu" and result["device_kind"]
@@ -46,6 +46,12 @@ def test_json_has_the_figures_and_no_tensorflow_is_imported():
   assert result["madds"] > 0
   assert result["rounds"] == 2
   # A dilated variant timed in the same rounds, compared per multiply-add.
+  # 3 seeds' steps in one vmapped program: 3 batches per timed step.
+  seeds = result["seeds"]
+  assert seeds["seeds"] == 3 and seeds["timed_steps"] == 4
+  assert abs(seeds["img_per_s"] - 12 / (seeds["step_ms_median"] / 1e3)) < 1e-6 * seeds["img_per_s"]
+  low, high = seeds["speedup_range"]
+  assert 0 < low <= seeds["speedup"] <= high
   variant, = result["variants"]
   assert variant["output_stride"] == 16 and variant["madds"] > result["madds"]
   for mode in ("train", "infer"):
