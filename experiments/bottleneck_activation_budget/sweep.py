@@ -1,0 +1,27 @@
+"""bottleneck_activation's linear and ReLU6 runs with twice the budget.
+
+ReLU6 bottlenecks learn far slower than linear ones, and some of their runs
+were still moving at the end of the default's 60 epochs. If ReLU6 only
+learns slower, twice the budget (120 epochs, the cosine schedule stretched
+over it) closes the gap; if it ends worse, the gap stays. The 60-epoch runs
+are bottleneck_activation's seeds 0-2 (the same configs).
+"""
+
+from experiments import sweeps
+
+EPOCHS = (60, 120)
+ACTIVATIONS = ("linear", "relu6")
+
+
+def get_sweep():
+  return dict(
+      name="bottleneck_activation_budget",
+      question="Does the ReLU6 bottleneck's deficit close with twice the training "
+               "budget (does it learn slower, or end worse)?",
+      base=sweeps.base_config(),
+      variants={f"{act}_{epochs}_epochs": {"num_epochs": epochs,
+                                           "model.bottleneck_activation": act}
+                for epochs in EPOCHS for act in ACTIVATIONS},
+      plot="gap", gap=dict(x="num_epochs", split="model.bottleneck_activation",
+                           minus=["linear", "relu6"], xlabel="training epochs"),
+      notes=sweeps.NOTES, seeds=sweeps.SEEDS)
