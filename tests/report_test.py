@@ -55,16 +55,6 @@ def section(text, title) -> str:
   return text[start:end if end >= 0 else None]
 
 
-def test_interval_is_student_t_with_n_minus_1_dof():
-  s = report.stats([1.0, 2.0, 3.0])  # std 1
-  half = T_975_2 * 1 / math.sqrt(3)
-  assert s["mean"] == 2 and s["n"] == 3
-  assert s["lo"] == pytest.approx(2 - half) and s["hi"] == pytest.approx(2 + half)
-  assert report.ci(s) == "[-0.48, 4.48]"
-  one = report.stats([5.0])
-  assert math.isnan(one["lo"]) and report.ci(one) == "n/a"
-
-
 def test_table_shows_the_interval_next_to_mean_std_and_n(tmp_path):
   write_record(tmp_path, ["a"])
   for seed, top1 in enumerate((90.0, 92.0, 94.0)):
