@@ -11,6 +11,9 @@ from mobilenet_jax import defaults
 
 EPOCHS = 60
 EVAL_EVERY = 132  # steps: 10 evaluations over 1,320
+# Saving at every evaluation took 13% of a run on the 2-core CPU; at every
+# fifth, a preempted run loses at most 660 steps (about 40 s) instead.
+CHECKPOINT_EVERY = 5 * EVAL_EVERY
 V2_SEEDS = [0, 1, 2, 3, 4]
 SEEDS = [0, 1, 2]
 
@@ -19,7 +22,7 @@ def base_config():
   config = defaults.get_config()
   config.num_epochs = EPOCHS
   config.eval_every_steps = EVAL_EVERY
-  config.checkpoint_every_steps = EVAL_EVERY
+  config.checkpoint_every_steps = CHECKPOINT_EVERY
   config.log_every_steps = EVAL_EVERY
   return config
 

@@ -19,6 +19,9 @@ Every (variant, seed) is one run in WORKDIR/<variant>/seed_<seed>, trained
 one after another on the local devices. A run with a results.json is done
 and skipped; an interrupted one resumes from its checkpoints. So after a
 crash the same command finishes the sweep without redoing finished runs.
+The runs share JAX's persistent compilation cache in WORKDIR/compilation_cache
+(unless JAX_COMPILATION_CACHE_DIR names another): every seed of a variant,
+and a resumed run, compiles the same programs, so only the first compiles.
 """
 
 if __name__ == "__main__":  # before the imports below allocate anything
@@ -187,6 +190,16 @@ def run_dir(workdir: str, run: Run) -> str:
   return os.path.join(workdir, run.variant, f"seed_{run.seed}")
 
 
+def use_compilation_cache(workdir: str):
+  """Points JAX's persistent compilation cache at the sweep's workdir unless
+  the user chose one. A cached program is the one XLA would compile again,
+  so results are unchanged (docs/performance.md has the time it saves)."""
+  if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    import jax
+    jax.config.update("jax_compilation_cache_dir",
+                      os.path.join(workdir, "compilation_cache"))
+
+
 def run_all(runs: List[Run], workdir: str):
   from mobilenet_jax.training import loop
   durations = []
@@ -222,6 +235,7 @@ def main(argv):
   # the full log.
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().setLevel(py_logging.WARNING)
+  use_compilation_cache(FLAGS.workdir)
   run_all(runs, FLAGS.workdir)
   out = FLAGS.out or FLAGS.workdir
   path = report.write_report(FLAGS.workdir, out)

@@ -41,13 +41,14 @@ MODEL_LABELS = {"mobilenet_v1": "MobileNetV1", "mobilenet_v2": "MobileNetV2"}
 # --------------------------------------------------------------- reading ---
 
 def load_record(workdir: str) -> dict:
-  """sweep.json as ablate wrote it, or what the directories imply."""
+  """sweep.json as ablate wrote it, or what the directories imply: a variant
+  is a directory with seed_* runs (not, e.g., the compilation cache)."""
   path = os.path.join(workdir, "sweep.json")
   if os.path.exists(path):
     with open(path) as f:
       return json.load(f)
   variants = sorted(d for d in os.listdir(workdir)
-                    if os.path.isdir(os.path.join(workdir, d)))
+                    if glob.glob(os.path.join(workdir, d, "seed_*")))
   return {"name": os.path.basename(os.path.normpath(workdir)), "question": "",
           "plot": "curves", "variants": variants, "command": "(unknown)"}
 

@@ -205,3 +205,4 @@ def test_killed_sweep_finishes_without_redoing_runs(tmp_path):
   assert os.path.getmtime(first) == stamp  # not redone
   text = (workdir / "report.md").read_text()
   assert text.count(" | 1 |") == 2  # each run counted once
+  assert os.listdir(workdir / "compilation_cache")  # the runs' programs, for the next

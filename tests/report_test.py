@@ -234,3 +234,13 @@ def test_report_regenerates_byte_identically_and_skips_bad_runs(tmp_path):
   assert "b/seed_3: no results.json" in text
   assert "- b: 2 of 2 runs converged" in text  # the bad runs are not counted
   assert build(tmp_path) == text
+
+
+def test_without_sweep_json_the_variants_are_the_directories_with_runs(tmp_path):
+  write_run(tmp_path, "b", 0, [50])
+  write_run(tmp_path, "a", 0, [60])
+  (tmp_path / "compilation_cache" / "jit_step").mkdir(parents=True)  # ablate's cache
+  text = build(tmp_path)
+  table = text[:text.index("\n## ")]  # the summary table, before the sections
+  rows = [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ")]
+  assert rows == ["| variant", "| a", "| b"]  # sorted; no row for the cache
