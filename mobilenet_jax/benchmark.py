@@ -225,7 +225,7 @@ def finish_jax(result: dict, rounds: list) -> dict:
     steps_s = [t for r in rounds for t in r[mode]]
     result[mode].update(peers.summarize(steps_s, images_per_step(mode)),
                         timed_steps=len(steps_s))
-  if "seeds" in result:  # > 1: training the seeds together is faster
+  if "seeds" in result:  # speedup > 1: training the seeds together is faster
     per_round = [statistics.median(r["train"]) * FLAGS.seeds / statistics.median(r["seeds"])
                  for r in rounds]
     result["seeds"].update(speedup=statistics.median(per_round),
@@ -337,6 +337,8 @@ def print_table(result: dict):
 
 def main(argv):
   del argv
+  if FLAGS.seeds > 1 and FLAGS.mode == "infer":
+    raise app.UsageError("--seeds times training: use it with --mode train or both.")
   result, timers = prepare_jax(int(FLAGS.output_stride), FLAGS.depthwise_impl)
   variants = [prepare_jax(**parse_variant(spec)) for spec in FLAGS.variant]
   labels = [(name, thp) for name in FLAGS.peers for thp in PEER_THP[FLAGS.peer_hugepages]]
