@@ -15,7 +15,7 @@ ratios are printed. With --rounds N, ours and every peer are timed N times,
 alternating, and each ratio is the median of the N ratios of adjacent
 measurements: on a shared machine whose speed drifts by tens of percent over
 minutes, that is steadier than one ratio of two measurements minutes apart.
-With --seeds N, N seeds' train steps also run together in one compiled
+With --vmap_seeds N, N seeds' train steps also run together in one compiled
 program (`jax.vmap` over the stacked states and each seed's own batch) and
 are compared with one seed's step: the route for training a sweep's seeds
 at once, measured before adopting it. With --json, one JSON object is printed.
@@ -64,7 +64,7 @@ flags.DEFINE_enum("peer_hugepages", "off", ["off", "on", "both"],
                   "Run the peers without (as they run out of the box) or with the "
                   "huge-page malloc tunable this project's entry points set "
                   "(mobilenet_jax/hugepages.py), or both ways.")
-flags.DEFINE_integer("seeds", 1, "Also time this many seeds' train steps vmapped "
+flags.DEFINE_integer("vmap_seeds", 1, "Also time this many seeds' train steps vmapped "
                      "in one program, against one seed's step (--mode train/both).",
                      lower_bound=1)
 flags.DEFINE_integer("rounds", 1, "Time ours and each peer this many times, "
@@ -165,7 +165,7 @@ def prepare_jax(output_stride: int, depthwise_impl: str) -> tuple:
       metrics["loss"].block_until_ready()
 
     timers["train"] = train
-    if FLAGS.seeds > 1:
+    if FLAGS.vmap_seeds > 1:
       timers["seeds"], result["seeds"] = seeds_timer(model, tx, step_fn, mesh)
 
   if FLAGS.mode in ("infer", "both"):
@@ -180,7 +180,7 @@ def prepare_jax(output_stride: int, depthwise_impl: str) -> tuple:
 
 
 def seeds_timer(model, tx, step_fn, mesh) -> tuple:
-  """(timer, result entry) for `--seeds` seeds trained in one program: the
+  """(timer, result entry) for `--vmap_seeds` seeds trained in one program: the
   states stacked on a leading axis, each seed with its own batch (split over
   devices like any batch), `step_fn` vmapped over both."""
   import jax
@@ -191,7 +191,7 @@ def seeds_timer(model, tx, step_fn, mesh) -> tuple:
   from mobilenet_jax import parallel
   from mobilenet_jax.training import steps
 
-  n, size = FLAGS.seeds, FLAGS.image_size
+  n, size = FLAGS.vmap_seeds, FLAGS.image_size
   states = [steps.create_train_state(model, size, tx, jax.random.key(seed), ema=False)
             for seed in range(n)]
   state = parallel.replicate(jax.tree.map(lambda *xs: jnp.stack(xs), *states), mesh)
@@ -214,7 +214,7 @@ def seeds_timer(model, tx, step_fn, mesh) -> tuple:
 
 def images_per_step(mode: str) -> int:
   """Images one timed call of `mode` processes: every seed's batch for "seeds"."""
-  return FLAGS.batch_size * (FLAGS.seeds if mode == "seeds" else 1)
+  return FLAGS.batch_size * (FLAGS.vmap_seeds if mode == "seeds" else 1)
 
 
 def finish_jax(result: dict, rounds: list) -> dict:
@@ -226,7 +226,7 @@ def finish_jax(result: dict, rounds: list) -> dict:
     result[mode].update(peers.summarize(steps_s, images_per_step(mode)),
                         timed_steps=len(steps_s))
   if "seeds" in result:  # speedup > 1: training the seeds together is faster
-    per_round = [statistics.median(r["train"]) * FLAGS.seeds / statistics.median(r["seeds"])
+    per_round = [statistics.median(r["train"]) * FLAGS.vmap_seeds / statistics.median(r["seeds"])
                  for r in rounds]
     result["seeds"].update(speedup=statistics.median(per_round),
                            speedup_range=[min(per_round), max(per_round)])
@@ -337,8 +337,8 @@ def print_table(result: dict):
 
 def main(argv):
   del argv
-  if FLAGS.seeds > 1 and FLAGS.mode == "infer":
-    raise app.UsageError("--seeds times training: use it with --mode train or both.")
+  if FLAGS.vmap_seeds > 1 and FLAGS.mode == "infer":
+    raise app.UsageError("--vmap_seeds times training: use it with --mode train or both.")
   result, timers = prepare_jax(int(FLAGS.output_stride), FLAGS.depthwise_impl)
   variants = [prepare_jax(**parse_variant(spec)) for spec in FLAGS.variant]
   labels = [(name, thp) for name in FLAGS.peers for thp in PEER_THP[FLAGS.peer_hugepages]]

@@ -32,7 +32,7 @@ def run(mode, *extra):
 
 @pytest.mark.slow
 def test_json_has_the_figures_and_no_tensorflow_is_imported():
-  result = run("both", "--rounds=2", "--variant=output_stride=16", "--seeds=3")
+  result = run("both", "--rounds=2", "--variant=output_stride=16", "--vmap_seeds=3")
   for key in ("img_per_s", "step_ms_median", "compile_s", "peak_mem_mb"):
     assert result[key] > 0, key
   assert result["backend"] == "cpu" and result["device_kind"]
