@@ -165,6 +165,34 @@ def final_section(runs, ref, why, others) -> List[str]:
   return lines + [""]
 
 
+def against_section(runs, ref, workdir: str, other_dir: str) -> List[str]:
+  """This sweep against another run of the same variants and seeds (an
+  artifact check: other ops, another framework), paired by seed: each common
+  variant, and each variant's difference from `ref`, here minus there."""
+  other = load_record(other_dir)
+  theirs, _ = load_runs(other_dir, other["variants"])
+  name = other["name"]
+  common = [v for v in runs if runs[v] and theirs.get(v)]
+  lines = [f"## Against {name}", "",
+           f"The same variants in `{other_dir}` ({name}: `{other.get('command', '?')}`, "
+           f"commit `{other.get('commit', 'unknown')}`), paired by seed: here minus "
+           f"there, in top-1 points (`python -m mobilenet_jax.report {workdir} "
+           f"--against {other_dir}`).", ""]
+  if not common:
+    return lines + ["No variant has finished runs in both: nothing to compare.", ""]
+  for v in common:
+    d, line = difference(paired(runs[v], theirs[v], final_top1))
+    lines.append(f"- {v}: {line}. **{verdict(f'{v} here', f'{v} in {name}', d)}**")
+  if ref in common:
+    for v in (v for v in common if v != ref):
+      gap = lambda rs: paired(rs[v], rs[ref], final_top1)
+      here, there = gap(runs), gap(theirs)
+      d, line = difference({s: here[s] - there[s] for s in here if s in there})
+      lines.append(f"- ({v} − {ref}) here minus there: {line}. **"
+                   + verdict(f"{v} − {ref} here", f"{v} − {ref} in {name}", d) + "**")
+  return lines + [""]
+
+
 def speed_table(runs: Dict[str, List[dict]]) -> List[str]:
   lines = ["| variant | " + " | ".join(f"{p}% of steps" for p in FRACTIONS) + " |",
            "|---|" + "---:|" * len(FRACTIONS)]
@@ -346,8 +374,9 @@ def plot(record: dict, runs: Dict[str, List[dict]], summaries: Dict[str, dict],
   return name
 
 
-def write_report(workdir: str, out: str = None) -> str:
-  """Writes report.md and the plot into `out`; returns report.md's path."""
+def write_report(workdir: str, out: str = None, against: str = None) -> str:
+  """Writes report.md and the plot into `out`; returns report.md's path.
+  With `against` (another sweep's workdir), adds the paired comparison with it."""
   out = out or workdir
   os.makedirs(out, exist_ok=True)
   record = load_record(workdir)
@@ -359,6 +388,8 @@ def write_report(workdir: str, out: str = None) -> str:
     lines += [record["question"], ""]
   lines += setup_lines(record, runs) + [""] + table(summaries) + [""]
   lines += final_section(runs, ref, why, others)
+  if against:
+    lines += against_section(runs, ref, workdir, against)
   if any(runs.values()):
     lines += speed_section(runs, ref, why, others) + convergence_section(runs)
   if record.get("gap") and any(runs.values()):
@@ -380,12 +411,16 @@ def define_flags():
   for write_report and defines its own --out."""
   flags.DEFINE_string("out", None, "Where report.md and the plots go (default: the "
                       "sweep directory).")
+  flags.DEFINE_string("against", None, "Another sweep's directory with the same "
+                      "variants and seeds (e.g. the same runs with other ops): adds "
+                      "a section comparing the two, paired by seed.")
 
 
 def main(argv):
   if len(argv) != 2:
-    raise app.UsageError("usage: python -m mobilenet_jax.report SWEEP_DIR [--out DIR]")
-  print(write_report(argv[1], FLAGS.out))
+    raise app.UsageError("usage: python -m mobilenet_jax.report SWEEP_DIR [--out DIR] "
+                         "[--against OTHER_SWEEP_DIR]")
+  print(write_report(argv[1], FLAGS.out, FLAGS.against))
 
 
 if __name__ == "__main__":

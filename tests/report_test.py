@@ -244,3 +244,30 @@ def test_without_sweep_json_the_variants_are_the_directories_with_runs(tmp_path)
   table = text[:text.index("\n## ")]  # the summary table, before the sections
   rows = [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ")]
   assert rows == ["| variant", "| a", "| b"]  # sorted; no row for the cache
+
+
+def test_against_pairs_each_variant_and_each_gap_with_the_other_sweep(tmp_path):
+  """The artifact check's section: the same variants trained another way."""
+  here, there = tmp_path / "here", tmp_path / "there"
+  for workdir in (here, there):
+    workdir.mkdir()
+    write_record(workdir, ["linear", "relu6"], compare_to="linear")
+  for seed in range(3):
+    write_run(here, "linear", seed, [90 + seed])       # there + 1, every seed
+    write_run(there, "linear", seed, [89 + seed])
+    write_run(here, "relu6", seed, [70 + 2 * seed])    # there + 0, +1, +2
+    write_run(there, "relu6", seed, [70 + seed])
+  write_run(there, "relu6", 3, [10])  # a seed only there: not paired
+  text = open(report.write_report(str(here), against=str(there))).read()
+  lines = section(text, "Against toy").splitlines()
+  assert f"--against {there}`" in lines[2]
+  linear, relu6, gap = lines[4:7]
+  assert linear.startswith("- linear: mean +1.00, 95% CI [1.00, 1.00], n = 3")
+  assert "linear here ends higher than linear in toy by 1.00 points" in linear
+  assert relu6.startswith(f"- relu6: mean +1.00, 95% CI [{1 - T_975_2 / math.sqrt(3):.2f}, "
+                          f"{1 + T_975_2 / math.sqrt(3):.2f}], n = 3")
+  assert "not separable at 3 seeds" in relu6
+  # The gap relu6 − linear: here −20, −19, −18; there −19, −19, −19.
+  assert gap.startswith("- (relu6 − linear) here minus there: mean +0.00")
+  assert "(seed 0: -1.00, seed 1: +0.00, seed 2: +1.00)" in gap
+  assert "## Against" not in build(here)  # only when asked
