@@ -75,6 +75,30 @@ def test_param_counts_equal_keras_and_project():
              for l in added)
 
 
+@pytest.mark.parametrize("activation", ["linear", "relu6"])
+def test_project_init_starts_keras_where_the_project_run_starts(activation):
+  """--init project: every Keras weight is the project run's step-0 value at
+  the same seed, so the two networks compute the same training-mode logits;
+  Keras's own initialisers give other ones."""
+  import optax
+  from mobilenet_jax.training import steps
+  config = defaults.get_config()
+  config.seed, config.model.bottleneck_activation = 3, activation
+  net = steps.create_model(config.model)
+  state = steps.create_train_state(net, 32, optax.identity(), jax.random.key(3), ema=False)
+  x = np.random.RandomState(0).uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32)
+  ours, _ = net.apply({"params": state.params, "batch_stats": state.batch_stats}, x,
+                      train=True, mutable=["batch_stats"])
+  ours = np.asarray(ours)
+  assert np.abs(ours).max() > 0.1  # logits large enough to tell networks apart
+  project = keras_digits.build_from_config(config, init="project")
+  assert len(project.trainable_variables) == len(jax.tree.leaves(state.params))
+  # Not to the last bit: the frameworks compute batch statistics differently.
+  np.testing.assert_allclose(np.asarray(project(x, training=True)), ours, atol=5e-3)
+  keras_init = keras_digits.build_from_config(config)
+  assert np.abs(np.asarray(keras_init(x, training=True)) - ours).max() > 0.1
+
+
 def test_bn_momentum_epsilon_and_dropout_are_set():
   model = keras_digits.build(0.5, "linear", 10, 32, bn_momentum=0.9, dropout=0.3,
                              bn_epsilon=2e-3)

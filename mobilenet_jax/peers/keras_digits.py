@@ -30,12 +30,14 @@ that is below 3.2e-7 and vanishes as t grows).
   python -m mobilenet_jax.peers.keras_digits --workdir W \
       --bottleneck_activation relu6 --seed 0 [--num_epochs 60]
   python -m mobilenet_jax.peers.keras_digits --workdir W \
-      --variants linear,relu6 --seeds 0,1,2 [--out DIR]
+      --variants linear,relu6 --seeds 0,1,2 [--out DIR] [--init project]
 
 The second writes W/<variant>/seed_<s>/results.json (in the project's format,
 as far as `mobilenet_jax.report` reads it) and W/sweep.json, so
 `python -m mobilenet_jax.report W --out DIR` builds the report. A run whose
-results.json exists is skipped.
+results.json exists is skipped. `--init project` starts every run from the
+project run's own initial weights at the same seed instead of Keras's
+initialisers: what is left different is the framework.
 """
 
 import os
@@ -128,12 +130,35 @@ def check_model_config(config):
     raise ConfigError("the Keras peer trains from scratch on a TFDS dataset.")
 
 
-def build_from_config(config) -> keras.Model:
-  """`build` with config.model's knobs, seeded with config.seed."""
+def build_from_config(config, init: str = "keras") -> keras.Model:
+  """`build` with config.model's knobs, seeded with config.seed; with init
+  "project", its weights are then set to the project's own initialisation."""
   m = config.model
   keras.utils.set_random_seed(config.seed)
-  return build(m.alpha, m.bottleneck_activation, m.num_classes, config.image_size,
-               m.bn_momentum, m.dropout, m.bn_epsilon)
+  model = build(m.alpha, m.bottleneck_activation, m.num_classes, config.image_size,
+                m.bn_momentum, m.dropout, m.bn_epsilon)
+  if init == "project":
+    set_project_init(model, config)
+  return model
+
+
+def set_project_init(model: keras.Model, config):
+  """Every trainable weight of `model` set to its project counterpart's value
+  in the state a project run of `config` starts from (Flax's lecun_normal
+  kernels, seeded with config.seed): the same start as that run, to tell the
+  frameworks apart from their initialisers."""
+  import jax
+  import optax
+  from mobilenet_jax.training import steps
+  state = steps.create_train_state(steps.create_model(config.model), config.image_size,
+                                   optax.identity(), jax.random.key(config.seed),
+                                   ema=False)
+  paths = project_paths(model, config.model, config.image_size)
+  for v in model.trainable_variables:
+    node = state.params
+    for part in paths[v.path].split("/"):
+      node = node[part]
+    v.assign(np.asarray(node).reshape(v.shape))  # depthwise: (k, k, 1, C) -> (k, k, C, 1)
 
 
 # ----------------------------------------------------------- weight decay ---
@@ -268,11 +293,13 @@ def write_results(workdir: str, results: dict):
 
 
 def train(config, workdir: str,
-          on_step: Optional[Callable[[int, dict, float], None]] = None) -> dict:
+          on_step: Optional[Callable[[int, dict, float], None]] = None,
+          init: str = "keras") -> dict:
   """Trains the Keras model of `config` with its recipe, evaluating at the
   project's steps; writes and returns workdir/results.json. A workdir that
   has one is not run again (its results are returned). `on_step(step, batch,
-  loss)` is called after each training step with the batch it consumed."""
+  loss)` is called after each training step with the batch it consumed.
+  `init`: Keras's initialisers, or "project" (`set_project_init`)."""
   path = os.path.join(workdir, "results.json")
   if os.path.exists(path):
     print(f"keras_digits: {path} exists; skipped", flush=True)
@@ -290,7 +317,7 @@ def train(config, workdir: str,
   per_epoch = max(1, input_pipeline.num_examples(builder, config.train_split)
                   // global_batch)  # as loop.steps_per_epoch
   num_steps = loop.total_steps(config, per_epoch)
-  model = build_from_config(config)
+  model = build_from_config(config, init)
   counts = madds.count(config.model, config.image_size)
   if model.count_params() != counts["params"]:
     raise ConfigError(f"Keras model has {model.count_params()} parameters, the "
@@ -348,6 +375,7 @@ def train(config, workdir: str,
       "num_processes": 1,
       "device_kind": "cpu (Keras)",
       "framework": f"keras {keras.__version__} / tensorflow {tf.__version__}",
+      "init": init,
       "global_batch_size": global_batch,
       "steps": num_steps,
       "train_time_s": train_time,
@@ -376,14 +404,23 @@ NOTES = [
     "project's are lecun_normal), Keras AdamW's epsilon-hat (eps 1e-8 added before "
     "bias correction), TensorFlow's CPU kernels.",
 ]
+INITS = ("keras", "project")
+PROJECT_INIT_NOTE = ("With --init project: every weight starts from the project run's "
+                     "own initialisation at the same seed (Flax's lecun_normal), not "
+                     "Keras's initialisers.")
 
 
 def write_sweep_record(workdir: str, variants: List[str], seeds: List[int],
-                       command: str):
+                       command: str, init: str = "keras"):
   """sweep.json as ablate writes it; a resumed sweep keeps its first commit."""
-  record = {"name": SWEEP_NAME, "question": QUESTION, "plot": "curves",
-            "notes": NOTES, "variants": list(variants), "seeds": sorted(seeds),
+  project = init == "project"
+  record = {"name": SWEEP_NAME + ("_project_init" if project else ""),
+            "question": QUESTION, "plot": "curves",
+            "notes": NOTES + ([PROJECT_INIT_NOTE] if project else []),
+            "variants": list(variants), "seeds": sorted(seeds),
             "command": command, "commit": cli.git_commit()}
+  if "linear" in variants:
+    record["compare_to"] = "linear"
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, "sweep.json")
   if os.path.exists(path):
@@ -420,6 +457,8 @@ def parse_args(argv=None):
   p.add_argument("--eval_every_steps", type=int, default=None)
   p.add_argument("--log_every_steps", type=int, default=None)
   p.add_argument("--data_dir", default=None)
+  p.add_argument("--init", default="keras", choices=INITS,
+                 help="Keras's initialisers, or the project run's initial weights")
   p.add_argument("--out", default=None, help="sweep: also write the report here")
   return p.parse_args(argv)
 
@@ -427,7 +466,8 @@ def parse_args(argv=None):
 def main(argv=None):
   args = parse_args(argv)
   if args.variants is None and args.seeds is None:
-    train(make_config(args, args.bottleneck_activation, args.seed), args.workdir)
+    train(make_config(args, args.bottleneck_activation, args.seed), args.workdir,
+          init=args.init)
     return
   variants = (args.variants.split(",") if args.variants
               else [args.bottleneck_activation])
@@ -437,11 +477,12 @@ def main(argv=None):
       raise ConfigError(f"variant {v!r}: use {', '.join(BOTTLENECK_ACTIVATIONS)}.")
   command = "python -m mobilenet_jax.peers.keras_digits " + " ".join(
       sys.argv[1:] if argv is None else argv)
-  write_sweep_record(args.workdir, variants, seeds, command)
+  write_sweep_record(args.workdir, variants, seeds, command, args.init)
   runs = [(v, s) for v in variants for s in seeds]
   for i, (v, s) in enumerate(runs, 1):
     print(f"keras_digits: run {i}/{len(runs)} {v}/seed_{s}", flush=True)
-    train(make_config(args, v, s), os.path.join(args.workdir, v, f"seed_{s}"))
+    train(make_config(args, v, s), os.path.join(args.workdir, v, f"seed_{s}"),
+          init=args.init)
   if args.out:
     from mobilenet_jax import report
     print(report.write_report(args.workdir, args.out))
