@@ -31,7 +31,7 @@ from absl import app, flags
 
 from mobilenet_jax.seed_stats import (
     CONVERGED_POINTS, FRACTIONS, ci, converged, early_percent, final_top1, fmt, gap_trend,
-    gaps, paired, speed_verdict, stats, top1_at, verdict)
+    gaps, minus, paired, speed_verdict, stats, top1_at, verdict)
 
 FLAGS = flags.FLAGS
 
@@ -187,7 +187,7 @@ def against_section(runs, ref, workdir: str, other_dir: str) -> List[str]:
     for v in (v for v in common if v != ref):
       gap = lambda rs: paired(rs[v], rs[ref], final_top1)
       here, there = gap(runs), gap(theirs)
-      d, line = difference({s: here[s] - there[s] for s in here if s in there})
+      d, line = difference(minus(here, there))
       lines.append(f"- ({v} − {ref}) here minus there: {line}. **"
                    + verdict(f"{v} − {ref} here", f"{v} − {ref} in {name}", d) + "**")
   return lines + [""]

@@ -66,8 +66,13 @@ def paired(a: List[dict], b: List[dict], value) -> Dict[int, float]:
   part of the spread the two variants share."""
   va = {r["_seed"]: value(r) for r in a}
   vb = {r["_seed"]: value(r) for r in b}
-  return {s: va[s] - vb[s] for s in sorted(va)
-          if s in vb and va[s] is not None and vb[s] is not None}
+  return minus({s: v for s, v in va.items() if v is not None},
+               {s: v for s, v in vb.items() if v is not None})
+
+
+def minus(a: Dict[int, float], b: Dict[int, float]) -> Dict[int, float]:
+  """{seed: a[seed] - b[seed]} on the seeds both have, in seed order."""
+  return {s: a[s] - b[s] for s in sorted(a) if s in b}
 
 
 def separated(d: dict) -> bool:
@@ -136,7 +141,7 @@ def gaps(runs: Dict[str, List[dict]],
                       f"{gap['split']}; this value is left out")
       continue
     a, b = top1.get((x, plus), {}), top1.get((x, minus), {})
-    by_x[x] = {s: a[s] - b[s] for s in sorted(a) if s in b}
+    by_x[x] = minus(a, b)
   return by_x, problems
 
 
@@ -148,7 +153,7 @@ def gap_trend(by_x: Dict[object, Dict[int, float]], gap: dict) -> str:
   if len(xs) < 2:
     return f"Fewer than two values of {gap['x']} have a gap: nothing to say about a trend."
   big, small = xs[0], xs[-1]
-  change = stats([by_x[small][s] - by_x[big][s] for s in by_x[small] if s in by_x[big]])
+  change = stats(list(minus(by_x[small], by_x[big]).values()))
   ends = (f"from {gap['x']}={big} to {small} ({name} at {small} minus at {big}, "
           f"per seed: mean {change['mean']:+.2f} points, 95% CI {ci(change)}, "
           f"n = {change['n']})")
