@@ -133,14 +133,14 @@ def gaps(runs: Dict[str, List[dict]],
       if owner.setdefault(key, variant) != variant:  # which one's gap? neither
         clash.add(key)
       top1.setdefault(key, {})[r["_seed"]] = final_top1(r)
-  plus, minus = gap["minus"]
+  first, second = gap["minus"]
   by_x, problems = {}, []
   for x in sorted({x for x, _ in top1 if x is not None}, reverse=True):
-    if {(x, plus), (x, minus)} & clash:
+    if {(x, first), (x, second)} & clash:
       problems.append(f"{gap['x']}={x}: more than one variant has the same "
                       f"{gap['split']}; this value is left out")
       continue
-    a, b = top1.get((x, plus), {}), top1.get((x, minus), {})
+    a, b = top1.get((x, first), {}), top1.get((x, second), {})
     by_x[x] = minus(a, b)
   return by_x, problems
 
