@@ -283,6 +283,15 @@ def gap_section(runs: Dict[str, List[dict]], gap: dict) -> List[str]:
   return lines + [gap_trend(by_x, gap), ""]
 
 
+def span(values, unit: str) -> str:
+  """"32 px" when every run has the same value, "32 to 56 px (by variant)" when
+  not: the setup line must hold for every run, not only the first."""
+  values = sorted(set(values))
+  if len(values) == 1:
+    return f"{values[0]} {unit}"
+  return f"{values[0]} to {values[-1]} {unit} (by variant)"
+
+
 def setup_lines(record: dict, runs: Dict[str, List[dict]]) -> List[str]:
   results = [r for rs in runs.values() for r in rs]
   if not results:
@@ -291,15 +300,16 @@ def setup_lines(record: dict, runs: Dict[str, List[dict]]) -> List[str]:
   config = first["config"]
   date = datetime.datetime.fromtimestamp(
       max(r["_mtime"] for r in results), datetime.timezone.utc)
+  sizes = span((r["config"]["image_size"] for r in results), "px")
+  steps = span((r["steps"] for r in results), "steps")
   return [
       f"- Command: `{record.get('command', '(unknown)')}`",
       f"- Code: commit `{record.get('commit', 'unknown')}` when the sweep began; runs finished by "
       f"{date:%Y-%m-%d %H:%M} UTC",
       f"- Device: {first['device_kind']} x {first['num_devices']} "
       f"({first.get('num_processes', 1)} process)",
-      f"- Data: `{config['dataset']}` at {config['image_size']} px "
-      f"(base size; variants may change it), eval split `{config['eval_split']}`, "
-      f"{first['steps']} steps of global batch {first['global_batch_size']}",
+      f"- Data: `{config['dataset']}` at {sizes}, eval split `{config['eval_split']}`, "
+      f"{steps} of global batch {first['global_batch_size']}",
       f"- Seeds: {', '.join(str(s) for s in record.get('seeds', []))}",
   ]
 

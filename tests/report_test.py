@@ -271,3 +271,18 @@ def test_against_pairs_each_variant_and_each_gap_with_the_other_sweep(tmp_path):
   assert gap.startswith("- (relu6 − linear) here minus there: mean +0.00")
   assert "(seed 0: -1.00, seed 1: +0.00, seed 2: +1.00)" in gap
   assert "## Against" not in build(here)  # only when asked
+
+
+def test_setup_line_gives_the_range_when_variants_change_size_or_budget(tmp_path):
+  write_record(tmp_path, ["short", "long"], seeds=(0,))
+  write_run(tmp_path, "short", 0, [90.0], steps=100, image_size=32)
+  write_run(tmp_path, "long", 0, [95.0], steps=200, image_size=56)
+  assert "at 32 to 56 px (by variant)" in build(tmp_path)
+  assert "100 to 200 steps (by variant) of global batch 64" in build(tmp_path)
+
+
+def test_setup_line_gives_one_value_when_all_runs_share_it(tmp_path):
+  write_record(tmp_path, ["a", "b"], seeds=(0,))
+  for variant in ("a", "b"):
+    write_run(tmp_path, variant, 0, [90.0], steps=100)
+  assert "at 32 px, eval split `test`, 100 steps of global batch 64" in build(tmp_path)
