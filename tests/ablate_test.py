@@ -1,6 +1,7 @@
 """The ablation runner and its report: sweep expansion, statistics on
 hand-made results, bad results files, and a killed sweep finished by a rerun."""
 
+import glob
 import json
 import os
 import signal
@@ -206,3 +207,21 @@ def test_killed_sweep_finishes_without_redoing_runs(tmp_path):
   text = (workdir / "report.md").read_text()
   assert text.count(" | 1 |") == 2  # each run counted once
   assert os.listdir(workdir / "compilation_cache")  # the runs' programs, for the next
+
+
+SHIPPED = sorted(glob.glob(os.path.join(ROOT, "experiments", "*", "sweep.py")))
+# Sweeps of MobileNetV2's Figure 6 knobs: the paper's effects there are small.
+FIGURE_6_KNOBS = ("model.bottleneck_activation", "model.shortcut")
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: os.path.basename(os.path.dirname(p)))
+def test_shipped_sweep_is_valid_converged_and_seeded_enough(path, monkeypatch):
+  monkeypatch.chdir(ROOT)  # sweeps import experiments.sweeps
+  monkeypatch.syspath_prepend(ROOT)
+  sweep = ablate.load_sweep(path)
+  runs = ablate.expand(sweep)  # validates every run's config
+  ablate.check_report_keys(sweep, runs)
+  assert sweep["name"] == os.path.basename(os.path.dirname(path))
+  assert all(r.config.num_epochs >= 60 for r in runs), "a shipped sweep trains the whole budget"
+  changed = {key for changes in sweep["variants"].values() for key in changes}
+  assert len(sweep["seeds"]) >= (5 if changed & set(FIGURE_6_KNOBS) else 3)
