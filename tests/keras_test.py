@@ -1,5 +1,6 @@
 """The models against Keras Applications: parameter counts, shapes, numbers."""
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -187,3 +188,27 @@ def test_convert_command_names_a_wrong_alpha_and_writes_nothing(tmp_path):
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert "does not fit a Keras mobilenet_v2 with alpha 0.5" in proc.stderr.splitlines()[-1]
   assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", [pytest.param("mobilenet_v1", marks=pytest.mark.slow),
+                                  "mobilenet_v2"])
+def test_glorot_kernel_init_draws_every_kernel_at_keras_scale(name):
+  """kernel_init="glorot_uniform" starts each kernel (depthwise included) at the
+  scale Keras Applications initialises it; Flax's lecun_normal starts the
+  depthwise kernels about 7x larger."""
+  keras.utils.set_random_seed(0)
+  km = keras_model(name, 0.5, 32, classes=10)
+  ratios = {}
+  for init in ("glorot_uniform", "lecun_normal"):
+    model = get_model(dict(name=name, alpha=0.5, num_classes=10, kernel_init=init))
+    ours = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    theirs = load_keras_weights(km, ours)
+    flat = flax.traverse_util.flatten_dict(ours["params"], sep="/")
+    flat_keras = flax.traverse_util.flatten_dict(theirs["params"], sep="/")
+    ratios[init] = {path: float(np.std(w) / np.std(flat_keras[path]))
+                    for path, w in flat.items() if path.endswith("kernel") and w.size >= 2000}
+  assert len(ratios["glorot_uniform"]) > 10
+  for path, ratio in ratios["glorot_uniform"].items():
+    assert 0.9 < ratio < 1.1, path
+  depthwise = [r for p, r in ratios["lecun_normal"].items() if "depthwise" in p]
+  assert depthwise and min(depthwise) > 4

@@ -145,6 +145,8 @@ def test_train_mode_updates_batch_stats_and_uses_dropout(model_config):
     (dict(name="mobilenet_v3"), ["model.name", "'mobilenet_v1'", "'mobilenet_v2'"]),
     (dict(name="mobilenet_v1", expansion=6), ["model.expansion", "depth_multiplier"]),
     (dict(name="mobilenet_v2", expansion=0.5), ["model.expansion", ">= 1"]),
+    (dict(name="mobilenet_v1", kernel_init="he_normal"),
+     ["model.kernel_init", "'lecun_normal'", "'glorot_uniform'"]),
 ])
 def test_bad_knobs_name_the_key_and_the_valid_values(model_config, words):
   with pytest.raises(ConfigError) as e:

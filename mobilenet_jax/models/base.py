@@ -25,6 +25,11 @@ MIN_IMAGE_SIZE = 32  # five stride-2 stages; Keras requires the same
 OUTPUT_STRIDES = (8, 16, 32)
 PADDINGS = ("keras", "same")
 POOLINGS = (None, "avg", "max")
+# Initialisers of every convolution and classifier kernel, by name: Flax's
+# default, and Keras's (Keras Applications' MobileNets; glorot is symmetric in
+# fan-in and fan-out, so a depthwise kernel gets the same scale in both layouts).
+KERNEL_INITS = {"lecun_normal": nn.initializers.lecun_normal(),
+                "glorot_uniform": nn.initializers.glorot_uniform()}
 
 
 def training_knob(default):
@@ -60,6 +65,10 @@ class LayerSettings:
   dtype: Any = jnp.float32
   frozen_bn: Tuple[str, ...] = ()  # module paths whose batch norm is frozen
   batchnorm_impl: str = "fused"  # ops/batchnorm.py, or "flax"
+  kernel_init: str = "lecun_normal"  # a KERNEL_INITS name
+
+  def initializer(self):
+    return KERNEL_INITS[self.kernel_init]
 
   def bn_is_frozen(self, path: Sequence[str]) -> bool:
     return bn_is_frozen("/".join(path), self.frozen_bn)
@@ -121,6 +130,8 @@ class MobileNet(nn.Module):
     freeze_bn: "none", "all", or an endpoint name: batch norm up to and
       including that endpoint normalises with its running statistics in
       training, and its statistics and scale/offset do not move.
+    kernel_init: "lecun_normal" (Flax's default) or "glorot_uniform" (Keras's)
+      for every convolution and classifier kernel; the papers name none.
   Each network adds its own knobs, `dropout` and `min_depth` among them (their
   defaults differ). The resolution multiplier rho is the input size / 224.
   num_classes=0 returns the pooled pre-logits (TF-slim, timm).
@@ -134,6 +145,7 @@ class MobileNet(nn.Module):
   bn_momentum: float = training_knob(0.997)
   bn_epsilon: float = 1e-3
   freeze_bn: str = training_knob("none")
+  kernel_init: str = training_knob("lecun_normal")
   bn_axis_name: Optional[str] = implementation(None)
   depthwise_impl: str = implementation("auto")
   pointwise_impl: str = implementation("dot")
@@ -153,6 +165,7 @@ class MobileNet(nn.Module):
     check_choice("model.output_stride", self.output_stride, OUTPUT_STRIDES)
     check_choice("model.padding", self.padding, PADDINGS)
     check_choice("model.pooling", self.pooling, POOLINGS)
+    check_choice("model.kernel_init", self.kernel_init, KERNEL_INITS)
     if int(self.min_depth) != self.min_depth or self.min_depth < 1:
       raise ConfigError(f"model.min_depth={self.min_depth!r} is not valid; use an "
                         "integer >= 1 (the fewest channels a layer keeps).")
@@ -171,7 +184,7 @@ class MobileNet(nn.Module):
   def layer_settings(self) -> LayerSettings:
     return LayerSettings(self.bn_momentum, self.bn_epsilon, self.bn_axis_name,
                          self.depthwise_impl, self.pointwise_impl, self.dtype,
-                         self.frozen_bn_paths(), self.batchnorm_impl)
+                         self.frozen_bn_paths(), self.batchnorm_impl, self.kernel_init)
 
   # Each network defines endpoint_plan() -> List[Endpoint]: every endpoint it
   # computes, in order.
@@ -218,5 +231,6 @@ class MobileNet(nn.Module):
     if self.num_classes == 0:
       return x.astype(jnp.float32)
     x = nn.Dropout(self.dropout, deterministic=not train, name="dropout")(x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x)
+    x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=KERNEL_INITS[self.kernel_init],
+                 name="classifier")(x)
     return x.astype(jnp.float32)

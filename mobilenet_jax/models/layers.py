@@ -40,14 +40,15 @@ class ConvBN(nn.Module):
     if self.groups > 1 and self.groups == x.shape[-1]:
       x = DepthwiseConv(self.features, self.kernel_size, self.strides,
                         self.padding, s.depthwise_impl, s.dtype,
-                        dilation=self.dilation, name="conv")(x)
+                        dilation=self.dilation, kernel_init=s.initializer(), name="conv")(x)
     elif self.kernel_size == 1 and self.strides == 1 and self.groups == 1:
-      x = Pointwise(self.features, s.dtype, s.pointwise_impl, name="conv")(x)
+      x = Pointwise(self.features, s.dtype, s.pointwise_impl, s.initializer(), name="conv")(x)
     else:
       x = nn.Conv(self.features, (self.kernel_size, self.kernel_size),
                   strides=self.strides, padding=self.padding,
                   kernel_dilation=self.dilation, feature_group_count=self.groups,
-                  use_bias=False, dtype=s.dtype, name="conv")(x)
+                  use_bias=False, dtype=s.dtype, kernel_init=s.initializer(),
+                  name="conv")(x)
     check_choice("activation", self.activation, ACTIVATIONS)
     # A frozen batch norm normalises with its running statistics in training
     # too (and the optimizer leaves its scale and offset alone: optim.py).

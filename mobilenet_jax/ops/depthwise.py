@@ -16,7 +16,7 @@ convolution is as slow dilated as not on CPU, and slower dilated on GPUs
 """
 
 import functools
-from typing import Any, Sequence, Tuple, Union
+from typing import Any, Callable, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax
@@ -161,10 +161,11 @@ class DepthwiseConv(nn.Module):
   impl: str = "auto"
   dtype: Any = jnp.float32
   dilation: int = 1
+  kernel_init: Callable = nn.initializers.lecun_normal()
 
   @nn.compact
   def __call__(self, x):
-    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+    kernel = self.param("kernel", self.kernel_init,
                         (self.kernel_size, self.kernel_size, 1, self.features))
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     return IMPL_FNS[resolve_impl(self.impl)](x, kernel, self.strides, self.padding,

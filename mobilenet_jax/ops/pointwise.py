@@ -1,6 +1,8 @@
 """1x1 convolution as one matrix product over all pixels (or, for TFLite, as a
 convolution): the `pointwise_impl` switch."""
 
+from typing import Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -13,7 +15,7 @@ POINTWISE_IMPLS = ("dot", "conv")
 class Pointwise(nn.Module):
   """1x1 convolution without bias as one matrix product over all pixels.
 
-  The same parameter ("kernel", (1, 1, C_in, C_out), lecun_normal) and the
+  The same parameter ("kernel", (1, 1, C_in, C_out), lecun_normal by default) and the
   same result as nn.Conv; XLA's CPU convolution is ~3x slower than its dot
   for 1x1 kernels (docs/design.md), and on GPU/TPU both lower to the same
   matmul. `impl="conv"` computes it as a convolution instead: the TFLite
@@ -23,11 +25,12 @@ class Pointwise(nn.Module):
   features: int
   dtype: jnp.dtype = jnp.float32
   impl: str = "dot"
+  kernel_init: Callable = nn.initializers.lecun_normal()
 
   @nn.compact
   def __call__(self, x):
     check_choice("pointwise_impl", self.impl, POINTWISE_IMPLS)
-    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+    kernel = self.param("kernel", self.kernel_init,
                         (1, 1, x.shape[-1], self.features))
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     if self.impl == "conv":
