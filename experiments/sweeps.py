@@ -18,8 +18,14 @@ V2_SEEDS = [0, 1, 2, 3, 4]
 SEEDS = [0, 1, 2]
 
 
-def base_config():
+def base_config(model_name: str = None):
+  """The default config for the whole budget; with `model_name`, that
+  network's model section with the default's digits settings (`model`), so
+  variants change it with dotted keys and `--set model.num_classes=1000`
+  reaches every run."""
   config = defaults.get_config()
+  if model_name:
+    config.model = model(model_name)
   config.num_epochs = EPOCHS
   config.eval_every_steps = EVAL_EVERY
   config.checkpoint_every_steps = CHECKPOINT_EVERY

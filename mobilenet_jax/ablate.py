@@ -82,7 +82,7 @@ def apply_overrides(config, overrides: Dict[str, object], where: str):
     node = config
     for p in parents:
       node = node[p]
-    node[leaf] = value
+    node[leaf] = copy.deepcopy(value)  # a section (model) must not be shared between runs
   return config
 
 
@@ -108,14 +108,22 @@ def check(config, where: str):
 def expand(sweep: dict, overrides: Dict[str, object] = None,
            seeds: List[int] = None) -> List[Run]:
   """One Run per (variant, seed): the base config, the command line's
-  overrides, then the variant's own, with the seed set. Every run's config is
-  validated here, so a bad one stops the sweep before the first run starts."""
+  overrides, then the variant's own, with the seed set. The more specific key
+  wins: a variant's `num_epochs` beats `--set num_epochs`, but `--set
+  model.num_classes` survives a variant that replaces the whole `model`
+  section (the sweeps across networks), instead of being silently dropped.
+  Every run's config is validated here, so a bad one stops the sweep before
+  the first run starts."""
   runs = []
+  overrides = overrides or {}
   for variant, changes in sweep["variants"].items():
+    inner = {key: value for key, value in overrides.items()
+             if any(key.startswith(parent + ".") for parent in changes)}
     for seed in seeds if seeds is not None else sweep["seeds"]:
       config = copy.deepcopy(sweep["base"])
-      apply_overrides(config, overrides or {}, "--set")
+      apply_overrides(config, overrides, "--set")
       apply_overrides(config, changes, f"variant {variant!r}")
+      apply_overrides(config, inner, "--set")
       config.seed = int(seed)
       check(config, f"variant {variant!r}")
       runs.append(Run(variant, int(seed), config))

@@ -13,7 +13,7 @@ import pytest
 
 from configs import default
 from conftest import ROOT
-from mobilenet_jax import ablate, report
+from mobilenet_jax import ablate, defaults, report
 from mobilenet_jax.errors import ConfigError
 
 
@@ -37,6 +37,21 @@ def test_expansion_is_variants_times_seeds_with_unique_names():
   blocks = ((1, 16, 1, 1),)
   runs = ablate.expand(sweep(), overrides={"model.blocks": blocks})
   assert all(r.config.model.blocks == blocks for r in runs)
+
+
+def test_set_reaches_inside_a_section_a_variant_replaces():
+  """The more specific key wins: --set model.num_classes survives a variant
+  that swaps in another network's whole model section (width_multiplier's
+  V1 and V2); --set model.alpha still loses to a variant's own model.alpha."""
+  v1 = defaults.model_config("mobilenet_v1")
+  s = sweep()
+  s["variants"] = {"v1": {"model": v1}, "v2_thin": {"model.alpha": 0.35}}
+  runs = ablate.expand(s, overrides={"model.num_classes": 7, "model.alpha": 0.75})
+  assert [r.config.model.name for r in runs[::3]] == ["mobilenet_v1", "mobilenet_v2"]
+  assert all(r.config.model.num_classes == 7 for r in runs)
+  assert [r.config.model.alpha for r in runs[::3]] == [0.75, 0.35]
+  assert v1.num_classes == 1000 and v1.alpha == 1.0  # the sweep's own section untouched
+  assert runs[0].config.model is not runs[1].config.model
 
 
 def test_unknown_keys_and_repeated_seeds_are_errors():
@@ -223,5 +238,8 @@ def test_shipped_sweep_is_valid_converged_and_seeded_enough(path, monkeypatch):
   ablate.check_report_keys(sweep, runs)
   assert sweep["name"] == os.path.basename(os.path.dirname(path))
   assert all(r.config.num_epochs >= 60 for r in runs), "a shipped sweep trains the whole budget"
+  # Its README's ImageNet command sets the classes of every run.
+  assert {r.config.model.num_classes for r in ablate.expand(
+      sweep, {"model.num_classes": 1000})} == {1000}
   changed = {key for changes in sweep["variants"].values() for key in changes}
   assert len(sweep["seeds"]) >= (5 if changed & set(FIGURE_6_KNOBS) else 3)

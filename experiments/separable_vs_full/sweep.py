@@ -8,8 +8,7 @@ def get_sweep():
       name="separable_vs_full",
       question="What do depthwise separable convolutions cost in accuracy, and "
                "save in multiply-adds, against full convolutions (V1 Table 4)?",
-      base=sweeps.base_config(),
-      variants={kind: {"model": sweeps.model("mobilenet_v1", alpha=0.5,
-                                             conv_type=kind)}
+      base=sweeps.base_config("mobilenet_v1"),
+      variants={kind: {"model.alpha": 0.5, "model.conv_type": kind}
                 for kind in ("separable", "full")},
       notes=sweeps.NOTES, seeds=sweeps.SEEDS, plot="madds")
