@@ -33,6 +33,17 @@ def base_config(model_name: str = None):
   return config
 
 
+def by_budget(key: str, values) -> dict:
+  """A sweep's variants and gap plot for `key` at the default's budget and at
+  twice it: variants "<value>_<epochs>_epochs", and the gap values[0] -
+  values[1] against the budget (learns slower, or ends worse?)."""
+  return dict(
+      variants={f"{value}_{epochs}_epochs": {"num_epochs": epochs, key: value}
+                for epochs in (EPOCHS, 2 * EPOCHS) for value in values},
+      plot="gap", gap=dict(x="num_epochs", split=key, minus=list(values),
+                           xlabel="training epochs"))
+
+
 def model(name: str, **changes):
   """A model config with the default's digits settings (10 classes, BN
   momentum 0.9, no dropout) and `changes`."""

@@ -10,9 +10,6 @@ MobileNetV2 sweeps: at three the 120-epoch gap was not separable from zero.
 
 from experiments import sweeps
 
-EPOCHS = (60, 120)
-ACTIVATIONS = ("linear", "relu6")
-
 
 def get_sweep():
   return dict(
@@ -20,9 +17,5 @@ def get_sweep():
       question="Does the ReLU6 bottleneck's deficit close with twice the training "
                "budget (does it learn slower, or end worse)?",
       base=sweeps.base_config(),
-      variants={f"{act}_{epochs}_epochs": {"num_epochs": epochs,
-                                           "model.bottleneck_activation": act}
-                for epochs in EPOCHS for act in ACTIVATIONS},
-      plot="gap", gap=dict(x="num_epochs", split="model.bottleneck_activation",
-                           minus=["linear", "relu6"], xlabel="training epochs"),
+      **sweeps.by_budget("model.bottleneck_activation", ("linear", "relu6")),
       notes=sweeps.NOTES, seeds=sweeps.V2_SEEDS)

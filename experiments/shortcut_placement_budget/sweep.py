@@ -10,9 +10,6 @@ configs).
 
 from experiments import sweeps
 
-EPOCHS = (60, 120)
-SHORTCUTS = ("bottleneck", "none")
-
 
 def get_sweep():
   return dict(
@@ -20,9 +17,5 @@ def get_sweep():
       question="Does the cost of removing the shortcuts close with twice the "
                "training budget (does it learn slower, or end worse)?",
       base=sweeps.base_config(),
-      variants={f"{shortcut}_{epochs}_epochs": {"num_epochs": epochs,
-                                                "model.shortcut": shortcut}
-                for epochs in EPOCHS for shortcut in SHORTCUTS},
-      plot="gap", gap=dict(x="num_epochs", split="model.shortcut",
-                           minus=["bottleneck", "none"], xlabel="training epochs"),
+      **sweeps.by_budget("model.shortcut", ("bottleneck", "none")),
       notes=sweeps.NOTES, seeds=sweeps.V2_SEEDS)

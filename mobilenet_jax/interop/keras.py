@@ -85,7 +85,7 @@ def load_keras_weights(keras_model, variables) -> Dict[str, Any]:
         "(model name, shallow, conv_type, blocks or include_top).")
 
   def put(tree, path, key, value):
-    node = _get(tree, path)
+    node = subtree(tree, path)
     if tuple(node[key].shape) != tuple(value.shape):
       raise ConfigError(
           f"Keras layer {name} has shape {tuple(value.shape)} where {path}/{key} "
@@ -104,14 +104,15 @@ def load_keras_weights(keras_model, variables) -> Dict[str, Any]:
       put(stats, path, "mean", mean)
       put(stats, path, "var", var)
     else:
-      target = _get(params, path)["kernel"].shape
+      target = subtree(params, path)["kernel"].shape
       put(params, path, "kernel", convert_kernel(kind, weights[0], target))
       if len(weights) > 1:
         put(params, path, "bias", weights[1])
   return {"params": params, "batch_stats": stats}
 
 
-def _get(tree, path):
+def subtree(tree, path: str):
+  """tree["a"]["b"] for path "a/b" (a Flax module path)."""
   for part in path.split("/"):
     tree = tree[part]
   return tree

@@ -153,12 +153,11 @@ def set_project_init(model: keras.Model, config):
   state = steps.create_train_state(steps.create_model(config.model), config.image_size,
                                    optax.identity(), jax.random.key(config.seed),
                                    ema=False)
+  from mobilenet_jax.interop.keras import subtree
   paths = project_paths(model, config.model, config.image_size)
   for v in model.trainable_variables:
-    node = state.params
-    for part in paths[v.path].split("/"):
-      node = node[part]
-    v.assign(np.asarray(node).reshape(v.shape))  # depthwise: (k, k, 1, C) -> (k, k, C, 1)
+    value = np.asarray(subtree(state.params, paths[v.path]))
+    v.assign(value.reshape(v.shape))  # depthwise: (k, k, 1, C) -> (k, k, C, 1)
 
 
 # ----------------------------------------------------------- weight decay ---
@@ -170,7 +169,7 @@ def project_paths(model: keras.Model, model_config, image_size: int) -> Dict[str
   interop.keras pairs them for weight conversion; shapes are checked."""
   import jax
   import jax.numpy as jnp
-  from mobilenet_jax.interop.keras import flax_slots
+  from mobilenet_jax.interop.keras import flax_slots, subtree
   from mobilenet_jax.models import get_model
   project = get_model(model_config)
   variables = jax.eval_shape(lambda: project.init(
@@ -184,9 +183,7 @@ def project_paths(model: keras.Model, model_config, image_size: int) -> Dict[str
            "gamma": "scale", "beta": "bias"}
   out = {}
   for layer, (path, _) in zip(weighted, slots):
-    node = variables["params"]
-    for part in path.split("/"):
-      node = node[part]
+    node = subtree(variables["params"], path)
     for v in layer.trainable_weights:
       key = names[v.path.rsplit("/", 1)[-1]]
       if int(np.prod(v.shape)) != int(np.prod(node[key].shape)):
