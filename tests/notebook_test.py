@@ -32,13 +32,17 @@ def execute_notebook(tmp_path, monkeypatch, **env):
   return [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
 
 
+def printed(outputs):
+  return "".join(o.get("text", "") for o in outputs)
+
+
 def shown(outputs):
   return [o for o in outputs if o.get("output_type") == "display_data"]
 
 
 def test_colab_notebook_runs_a_smoke_sweep_and_shows_the_report(tmp_path, monkeypatch):
   outputs = execute_notebook(tmp_path, monkeypatch)
-  text = "".join(o.get("text", "") for o in outputs)
+  text = printed(outputs)
   assert "2 devices" in text
   assert "run 3/3 relu/seed_0" in text
   assert any("text/markdown" in o["data"] and "| linear |" in o["data"]["text/markdown"]
@@ -76,7 +80,7 @@ def test_colab_notebook_cifar10_recipe_runs_on_tfds_cifar10(tmp_path, monkeypatc
   # The kernel and its sweep find it where Colab's download would put it.
   outputs = execute_notebook(tmp_path, monkeypatch, DATASET="cifar10",
                              TFDS_DATA_DIR=config.data_dir)
-  text = "".join(o.get("text", "") for o in outputs)
+  text = printed(outputs)
   assert "dataset=cifar10" in text and "eval_split=test" in text
   assert "random_flip=True" in text and "run 3/3 relu/seed_0" in text
   report = open(tmp_path / "runs" / "report" / "report.md").read()
