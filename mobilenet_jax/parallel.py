@@ -98,6 +98,12 @@ def create_mesh(devices=None) -> jax.sharding.Mesh:
   return jax.make_mesh((len(devices),), (DATA,), devices=devices)
 
 
+def platform(mesh) -> str:
+  """The platform ("cpu", "gpu", "tpu") of the mesh's devices: what a program
+  for this mesh is compiled for, whatever the host process runs on."""
+  return mesh.devices.flat[0].platform
+
+
 def batch_sizes(global_batch: int, per_device: int, what: str = "batch_size"):
   """(global, per-device) batch sizes: a global size if > 0, else per-device x devices.
 

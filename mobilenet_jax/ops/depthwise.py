@@ -16,7 +16,7 @@ convolution is as slow dilated as not on CPU, and slower dilated on GPUs
 """
 
 import functools
-from typing import Any, Callable, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax
@@ -32,14 +32,23 @@ IMPLS = ("auto", "lax", "shift", "native")
 Padding = Union[str, Sequence[Tuple[int, int]]]
 
 
-def resolve_impl(impl: str) -> str:
-  """"auto" -> "native" on CPU ("shift" if it cannot be built), "lax" elsewhere."""
+def resolve_impl(impl: str, platform: Optional[str] = None) -> str:
+  """"auto" -> "native" on CPU ("shift" if it cannot be built), "lax" elsewhere.
+
+  `platform` is where the program will run: the platform of the mesh's devices
+  ("cpu", "gpu", "tpu"), which for an ahead-of-time compile is not the host's.
+  Default: JAX's default backend.
+  """
   check_choice("depthwise_impl", impl, IMPLS)
+  platform = platform or jax.default_backend()
   if impl == "auto":
-    if jax.default_backend() != "cpu":
+    if platform != "cpu":
       return "lax"
     return "native" if native.available() else "shift"
   if impl == "native":
+    if platform != "cpu":
+      raise ConfigError(f"depthwise_impl='native' is a CPU kernel and the program is "
+                        f"for {platform}; use 'auto' or 'lax' there.")
     native.load()  # the compiler's error, now, rather than a missing custom call later
   return impl
 

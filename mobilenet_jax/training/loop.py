@@ -234,7 +234,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = parallel.create_mesh()
   global_batch = train_batch_size(config)
   eval_batch_size(config)  # checked before any work is done
-  model, eval_model = config_models(config)
+  model, eval_model = config_models(config, parallel.platform(mesh))
   counts = madds.count(config.model, config.image_size)
   manager = checkpoint.create_manager(workdir, config.keep_checkpoints)
 

@@ -5,7 +5,7 @@ them global. No TensorFlow or clu here, so benchmarks and GPU machines
 without TF can import this.
 """
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import flax
 import jax
@@ -16,6 +16,7 @@ from jax import lax
 from mobilenet_jax.training import optim
 from mobilenet_jax.errors import check_choice
 from mobilenet_jax.models import get_model
+from mobilenet_jax.ops import depthwise
 from mobilenet_jax.parallel import DATA
 
 
@@ -31,22 +32,29 @@ class TrainState(flax.struct.PyTreeNode):
 # ----------------------------------------------------------------- model ---
 
 def create_model(model_config, dtype: str = "float32", depthwise_impl: str = "auto",
-                 sync_bn: bool = False, batchnorm_impl: str = "fused"):
+                 sync_bn: bool = False, batchnorm_impl: str = "fused",
+                 platform: Optional[str] = None):
   """The network, as training, evaluation, init and benchmarks all build it:
   `model_config` (config.model), the compute dtype, the depthwise and batch
-  norm implementations, and with sync BN statistics averaged over DATA."""
+  norm implementations, and with sync BN statistics averaged over DATA.
+
+  `platform` is the platform of the devices the program is compiled for
+  (`parallel.platform(mesh)`); "auto" implementations are chosen for it, not
+  for the host, so a TPU program compiled on a CPU host gets TPU kernels.
+  """
   check_choice("dtype", dtype, ("float32", "bfloat16"))
   return get_model(model_config, dtype=jnp.dtype(dtype),
                    bn_axis_name=DATA if sync_bn else None,
-                   depthwise_impl=depthwise_impl, batchnorm_impl=batchnorm_impl)
+                   depthwise_impl=depthwise.resolve_impl(depthwise_impl, platform),
+                   batchnorm_impl=batchnorm_impl)
 
 
-def config_models(config):
-  """(train model, eval model) of a training config. Evaluation never syncs
-  BN: it uses the running averages."""
+def config_models(config, platform: Optional[str] = None):
+  """(train model, eval model) of a training config, for devices of
+  `platform`. Evaluation never syncs BN: it uses the running averages."""
   def build(sync_bn):
     return create_model(config.model, config.dtype, config.depthwise_impl, sync_bn,
-                        config.batchnorm_impl)
+                        config.batchnorm_impl, platform)
   return build(config.sync_bn), build(False)
 
 
