@@ -5,6 +5,10 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=4")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The tests run on the CPU. With libtpu and the CUDA plugin installed (the test
+# extra: tests/aot_test.py compiles for TPUs and GPUs), JAX would otherwise try
+# to start those backends in every process.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import sys
 
