@@ -117,6 +117,29 @@ def test_bfloat16_computes_statistics_in_float32():
   np.testing.assert_allclose(out.astype(jnp.float32), jax.nn.relu6(ref), atol=0.05)
 
 
+@pytest.mark.parametrize("activation", ["relu6", "linear"])
+def test_bfloat16_gradients_match_flax_in_float32(activation):
+  """In bfloat16 the backward pass keeps x in bfloat16 and recomputes the
+  pre-activation from it: its gradients are float32 flax's on the same
+  (bfloat16-rounded) input, within bfloat16's resolution."""
+  x, params, stats, cotangent = data()
+  x = x.astype(jnp.bfloat16)
+  fused = BatchNormAct(activation=activation, dtype=jnp.bfloat16)
+  ref, act = reference(activation, use_running_average=False, epsilon=1e-3)
+
+  def grads(module, a, x):
+    return jax.jit(jax.grad(functools.partial(loss_and_stats, module, a, cotangent),
+                            argnums=(0, 1), has_aux=True))(x, params, stats)[0]
+
+  (dx, dparams), (dx_ref, dparams_ref) = (grads(fused, lambda y: y, x),
+                                          grads(ref, act, x.astype(jnp.float32)))
+  assert dx.dtype == jnp.bfloat16
+  scale = float(jnp.max(jnp.abs(dx_ref)))
+  np.testing.assert_allclose(dx.astype(jnp.float32), dx_ref, atol=0.02 * scale)
+  for key in ("scale", "bias"):
+    np.testing.assert_allclose(dparams[key], dparams_ref[key], rtol=0.02, atol=0.05)
+
+
 @pytest.mark.parametrize("bottleneck_activation", ["linear", "relu6"])
 def test_a_network_with_flax_batchnorm_is_the_same_network(bottleneck_activation):
   """batchnorm_impl="flax" (the reference the reports' artifact check trains)

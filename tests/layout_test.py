@@ -40,7 +40,7 @@ for info in pkgutil.walk_packages(mobilenet_jax.__path__, "mobilenet_jax."):
   found[info.name] = {"file": module.__file__}
   for owner, owned in list(flags.FLAGS.flags_by_module_dict().items()):
     if owner.startswith("mobilenet_jax"):
-      for flag in owned:
+      for flag in list(owned):
         defined[owner].append(flag.name)
         delattr(flags.FLAGS, flag.name)
 for name, info in found.items():
