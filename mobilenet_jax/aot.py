@@ -90,6 +90,17 @@ GPU_SPECS = pathlib.Path(__file__).parent / "gpu_specs"
 
 # ---------------------------------------------------------------- devices ---
 
+# Compile-only compiles crash on older JAX: on Colab's jax 0.7.2 with its libtpu
+# 0.0.21.1 the TPU compile succeeds, then JAX segfaults asking the compile-only
+# client for default layouts (pxla.is_default_layout). 0.10.2 is the oldest tested.
+MIN_JAX = (0, 10)
+
+
+def jax_version() -> tuple:
+  import jax
+  return tuple(int(p) for p in jax.__version__.split(".")[:2])
+
+
 def check_backend(chip: Chip):
   """One line naming the fix when the compiler for `chip` is not installed."""
   if chip.platform == "tpu" and importlib.util.find_spec("libtpu") is None:
@@ -100,6 +111,12 @@ def check_backend(chip: Chip):
     raise ConfigError(f"compiling for {chip.name} needs jax-cuda12-plugin, which is not "
                       "installed; pip install -e '.[gpu-aot]' (the plugin of your jax's "
                       "version).")
+  if jax_version() < MIN_JAX:
+    import jax
+    raise ConfigError(f"compiling for {chip.name} without the device needs jax >= "
+                      f"{'.'.join(map(str, MIN_JAX))} (jax {jax.__version__} crashes after "
+                      "compiling); in another environment: pip install -U 'jax[tpu]' && "
+                      "pip install -e '.[tpu]'.")
 
 
 def target_chip(name: str) -> Chip:
@@ -161,8 +178,9 @@ class Programs:
     return batch
 
 
-def build_programs(config, device_list) -> Programs:
-  """The train and eval steps of `config` on a "data" mesh of `device_list`."""
+def build_programs(config, device_list, platform: Optional[str] = None) -> Programs:
+  """The train and eval steps of `config` on a "data" mesh of `device_list`,
+  with kernels for `platform` (default: the devices')."""
   import jax
   import numpy as np
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -171,7 +189,7 @@ def build_programs(config, device_list) -> Programs:
   from mobilenet_jax.training import optim, steps
 
   mesh = Mesh(np.asarray(device_list), (parallel.DATA,))
-  model, eval_model = steps.config_models(config, parallel.platform(mesh))
+  model, eval_model = steps.config_models(config, platform or parallel.platform(mesh))
   # The schedule's epoch length changes constants, not the program's shape.
   tx, _ = optim.create_optimizer(config, 1000, 100_000, frozen_bn=model.frozen_bn_paths())
   state = jax.eval_shape(lambda: steps.create_train_state(
@@ -194,11 +212,11 @@ class DoesNotFit(Exception):
 
 
 def compile_program(fn, args):
-  """fn lowered for `args` and compiled, or DoesNotFit."""
+  """fn compiled for `args`, or DoesNotFit."""
   import jax
   lowered = fn.lower(*args)
   try:
-    return lowered, lowered.compile()
+    return lowered.compile()
   except jax.errors.JaxRuntimeError as e:
     if "RESOURCE_EXHAUSTED" in str(e) or "Ran out of memory" in str(e):
       raise DoesNotFit(str(e).splitlines()[0]) from None
@@ -217,21 +235,19 @@ def hbm(compiled) -> Dict[str, int]:
   return out
 
 
-def cost(lowered, compiled) -> Dict[str, Optional[float]]:
-  """Flops, HBM bytes and the compiler's step time for one chip's program.
+def cost(compiled) -> Dict[str, Optional[float]]:
+  """Flops, HBM bytes and the compiler's step time for one chip's program, or
+  None where the backend has no cost model (GPU).
 
   libtpu's cost model counts each of its internal ConcatBitcast custom calls
   as -1 s in `optimal_seconds`; they are added back (and counted, so the
-  correction is visible). Where the compiled program has no cost analysis
-  (GPU), the flops are XLA's count of the unoptimised program.
+  correction is visible).
   """
   analysis = compiled.cost_analysis()
   if isinstance(analysis, list):  # JAX < 0.8: one dict per program
     analysis = analysis[0] if analysis else None
   if not analysis:
-    pre = lowered.cost_analysis() or {}
-    return {"flops": pre.get("flops"), "bytes": None, "seconds": None,
-            "cost_model": "unoptimised HLO (flops only)"}
+    return None
   concat_bitcasts = len(re.findall(r'custom_call_target="ConcatBitcast"', compiled.as_text()))
   seconds = analysis.get("optimal_seconds")
   if seconds is not None:
@@ -239,6 +255,19 @@ def cost(lowered, compiled) -> Dict[str, Optional[float]]:
   return {"flops": analysis.get("flops"), "bytes": analysis.get("bytes accessed"),
           "seconds": seconds if seconds and seconds > 0 else None,
           "concat_bitcasts": concat_bitcasts, "cost_model": "compiled program"}
+
+
+def host_flops(config, platform: str, per_device: int) -> Dict[str, Optional[float]]:
+  """The flops of one device's train step, counted by XLA on the unoptimised
+  program lowered for this host's CPU with `platform`'s kernels: the same
+  arithmetic, where the target's compiler gives no cost analysis."""
+  import jax
+  programs = build_programs(config, jax.devices("cpu")[:1], platform)
+  analysis = programs.train.lower(*programs.train_args(per_device)).cost_analysis()
+  if isinstance(analysis, list):
+    analysis = analysis[0] if analysis else None
+  return {"flops": (analysis or {}).get("flops"), "bytes": None, "seconds": None,
+          "cost_model": "unoptimised program (flops only)"}
 
 
 DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2,
@@ -306,37 +335,46 @@ def roofline(chip: Chip, dtype: str, flops: float, nbytes: Optional[float]) -> D
           "bound": "memory" if memory > compute else "compute"}
 
 
-def largest_batch(programs: Programs, chip: Chip, per_device: int, used: int) -> Dict:
-  """The largest per-device training batch (a multiple of 8) that fits in HBM.
+def fits(programs: Programs, chip: Chip, batch: int) -> Optional[int]:
+  """HBM bytes per chip of the training step at `batch`, None if over capacity."""
+  try:
+    used = hbm(compile_program(programs.train, programs.train_args(batch)))["total"]
+  except DoesNotFit:
+    return None
+  return used if used <= chip.hbm_bytes else None
 
-  Memory is close to affine in the batch: one more compile at twice the
-  batch gives the slope, and a compile at the predicted batch confirms it
-  (stepping down by 8 while it does not fit).
+
+def largest_batch(programs: Programs, chip: Chip, per_device: int, used: int) -> int:
+  """The largest per-device training batch that fits in HBM, to within 2% (and
+  a multiple of 8), given that `per_device` fits using `used` bytes.
+
+  Memory is close to affine in the batch: one more compile at half the batch
+  gives the slope and so a guess; a compile at the guess confirms it, else a
+  bisection between what fits and the guess.
   """
-  _, twice = compile_program(programs.train, programs.train_args(2 * per_device))
-  slope = (hbm(twice)["total"] - used) / per_device
-  fixed = used - slope * per_device
-  guess = max(8, int((chip.hbm_bytes - fixed) / slope) // 8 * 8)
-  for batch in range(guess, 0, -8):
-    try:
-      _, compiled = compile_program(programs.train, programs.train_args(batch))
-    except DoesNotFit:
-      continue
-    if hbm(compiled)["total"] <= chip.hbm_bytes:
-      return {"batch": batch, "hbm_bytes": hbm(compiled)["total"],
-              "bytes_per_image": slope}
-  return {"batch": 0, "hbm_bytes": None, "bytes_per_image": slope}
+  half = max(1, per_device // 2)
+  slope = max(1.0, (used - hbm(compile_program(programs.train, programs.train_args(half)))
+                    ["total"]) / max(1, per_device - half))
+  guess = max(per_device, int(per_device + (chip.hbm_bytes - used) / slope) // 8 * 8)
+  if fits(programs, chip, guess):
+    return guess
+  low, high = per_device, guess  # low fits, high does not
+  while high - low > max(8, 0.02 * low):
+    mid = (low + high) // 2 // 8 * 8 or (low + high) // 2
+    if mid <= low:
+      break
+    low, high = (mid, high) if fits(programs, chip, mid) else (low, mid)
+  return low
 
 
 def smaller_batch_that_fits(programs: Programs, chip: Chip, per_device: int) -> int:
   """The largest batch that fits, searched from below a batch that does not."""
   batch = per_device // 2
   while batch >= 1:
-    try:
-      _, compiled = compile_program(programs.train, programs.train_args(batch))
-      return largest_batch(programs, chip, batch, hbm(compiled)["total"])["batch"]
-    except DoesNotFit:
-      batch //= 2
+    used = fits(programs, chip, batch)
+    if used:
+      return largest_batch(programs, chip, batch, used)
+    batch //= 2
   return 0
 
 
@@ -356,7 +394,7 @@ def analyse(config, chip: Chip, dtype: str, device_list, fit: bool = True,
          "per_device_batch": per_device, "hbm_capacity": chip.hbm_bytes}
   t = time.perf_counter()
   try:
-    lowered, compiled = compile_program(programs.train, programs.train_args(per_device))
+    compiled = compile_program(programs.train, programs.train_args(per_device))
   except DoesNotFit as e:
     return {**row, "compiles": True, "fits": False, "error": str(e),
             "largest_batch": smaller_batch_that_fits(programs, chip, per_device) if fit else None}
@@ -364,7 +402,7 @@ def analyse(config, chip: Chip, dtype: str, device_list, fit: bool = True,
   row["hbm"] = hbm(compiled)
   row["fits"] = row["hbm"]["total"] <= chip.hbm_bytes
   row["compiles"] = True
-  c = cost(lowered, compiled)
+  c = cost(compiled) or host_flops(config, device_list[0].platform, per_device)
   row["cost_model"] = c["cost_model"]
   row["flops_per_image"] = c["flops"] / per_device if c["flops"] else None
   row["bytes_per_image"] = c["bytes"] / per_device if c["bytes"] else None
@@ -378,15 +416,16 @@ def analyse(config, chip: Chip, dtype: str, device_list, fit: bool = True,
     row["traffic"] = {k: v / per_device for k, v in
                       traffic_by_operation(hbm_traffic(compiled.as_text())).items()}
   eval_batch = config.eval_per_device_batch_size
-  eval_lowered, eval_compiled = compile_program(programs.eval, programs.eval_args(eval_batch))
-  eval_cost = cost(eval_lowered, eval_compiled)
+  eval_compiled = compile_program(programs.eval, programs.eval_args(eval_batch))
+  eval_cost = cost(eval_compiled) or {"seconds": None}
   row["eval_per_device_batch"] = eval_batch
   row["eval_hbm"] = hbm(eval_compiled)["total"]
   row["eval_compiler_img_per_s"] = (eval_batch / eval_cost["seconds"]
                                     if eval_cost["seconds"] else None)
   if fit:
-    row["largest_batch"] = largest_batch(programs, chip, per_device,
-                                         row["hbm"]["total"])["batch"]
+    row["largest_batch"] = (largest_batch(programs, chip, per_device, row["hbm"]["total"])
+                            if row["fits"] else smaller_batch_that_fits(programs, chip,
+                                                                        per_device))
   return row
 
 

@@ -22,6 +22,7 @@ needs_tpu_compiler = pytest.mark.skipif(
     not LINUX_X86, reason="libtpu is built for Linux x86-64 only")
 DEFAULT = os.path.join(ROOT, "configs", "default.py")
 V2_RECIPE = os.path.join(ROOT, "configs", "mobilenet_v2.py") + ":1.0_224"
+TPU_RECIPE = os.path.join(ROOT, "configs", "tpu.py")  # V2 1.0_224, 128 per chip, bf16
 
 
 def run_aot(*args):
@@ -65,6 +66,14 @@ def test_a_missing_tpu_compiler_is_one_line_naming_the_install(monkeypatch):
     aot.check_backend(aot.CHIPS["v5e-1"])
 
 
+def test_too_old_a_jax_is_one_line_naming_the_upgrade(monkeypatch):
+  """Colab's jax 0.7.2 segfaults after a compile-only compile (docs/design.md)."""
+  monkeypatch.setattr(aot, "jax_version", lambda: (0, 7))
+  monkeypatch.setattr(aot.importlib.util, "find_spec", lambda name, *a: object())
+  with pytest.raises(ConfigError, match=r"needs jax >= 0\.10 .*pip install -U 'jax\[tpu\]'"):
+    aot.check_backend(aot.CHIPS["v5e-1"])
+
+
 def test_roofline_names_the_binding_limit():
   chip = aot.CHIPS["v5e-1"]
   memory = aot.roofline(chip, "bfloat16", flops=1e9, nbytes=819e9)
@@ -94,18 +103,20 @@ def check_train_figures(row, config):
 @needs_tpu_compiler
 @pytest.mark.slow
 @pytest.mark.parametrize("spec,dtype", [(DEFAULT, "float32"), (DEFAULT, "bfloat16"),
-                                        (V2_RECIPE, "float32"), (V2_RECIPE, "bfloat16")])
+                                        (V2_RECIPE, "float32"), (TPU_RECIPE, "bfloat16")],
+                         ids=["default-f32", "default-bf16", "v2_1.0_224-f32",
+                              "tpu_v2_1.0_224-bf16"])
 def test_train_and_eval_steps_compile_for_a_v5e(spec, dtype):
   config = cli.load_config(spec)
   chip = aot.CHIPS["v5e-1"]
-  row = aot.analyse(config, chip, dtype, aot.devices(chip), fit=False)
+  fit = spec == DEFAULT and dtype == "float32"  # the search costs a few compiles more
+  row = aot.analyse(config, chip, dtype, aot.devices(chip), fit=fit)
   assert row["device_kind"] == "TPU v5 lite" and row["chips"] == 1
   check_train_figures(row, config)
   assert row["eval_hbm"] > 0 and row["eval_compiler_img_per_s"] > 0
-  if dtype == "bfloat16" and spec == V2_RECIPE:
-    # bfloat16 activations halve what the memory-bound step moves (docs/performance.md).
-    f32 = aot.analyse(config, chip, "float32", aot.devices(chip), fit=False)
-    assert row["bytes_per_image"] < 0.85 * f32["bytes_per_image"]
+  assert sum(row["traffic"].values()) > 0.5 * row["bytes_per_image"]
+  if fit:  # memory grows with the batch: the largest that fits is far above 64
+    assert 1000 < row["largest_batch"] < 1_000_000
 
 
 @needs_tpu_compiler
@@ -125,13 +136,12 @@ def test_compiles_for_a_multi_host_slice_and_writes_the_table(tmp_path):
 
 @needs_tpu_compiler
 @pytest.mark.slow
-def test_a_batch_that_does_not_fit_is_one_line_with_the_largest_that_does():
+def test_a_batch_that_does_not_fit_is_one_line():
   proc = run_aot("--config", DEFAULT, "--targets", "v5e-1", "--dtypes", "float32",
-                 "--config.per_device_batch_size=200000")
+                 "--config.per_device_batch_size=200000", "--nofit")
   line = one_error_line(proc)
-  assert "per_device_batch_size=200000 does not fit on v5e-1" in line
-  largest = int(line.split("--config.per_device_batch_size=")[1].split()[0])
-  assert 1000 < largest < 200000
+  assert line == ("error: per_device_batch_size=200000 does not fit on v5e-1 in float32; "
+                  "lower --config.per_device_batch_size.")
 
 
 # ------------------------------------------------------------ GPU compiles ---

@@ -61,7 +61,24 @@ def paper_row(name, alpha, size):
 
 
 def test_every_config_file_is_checked_here():
-  assert CONFIGS == sorted(["default.py", *IMAGENET])
+  assert CONFIGS == sorted(["default.py", "tpu.py", *IMAGENET])
+
+
+@pytest.mark.parametrize("variant,paper_file,paper_variant",
+                         [(None, "mobilenet_v2.py", "1.0_224"),
+                          ("v1_0.5_160", "mobilenet_v1.py", "0.5_160")])
+def test_tpu_config_is_the_paper_recipe_at_128_per_chip_in_bfloat16(variant, paper_file,
+                                                                     paper_variant):
+  """configs/tpu.py changes only the per-chip batch (96 -> 128, the TPU's tile;
+  docs/performance.md), the learning rate with it, and the compute dtype."""
+  tpu, paper = load("tpu.py", variant), load(paper_file, paper_variant)
+  defaults.validate(tpu)
+  assert (tpu.per_device_batch_size, tpu.dtype) == (128, "bfloat16")
+  assert tpu.learning_rate == pytest.approx(0.045 * 128 / 96)
+  changed = {k for k in paper.keys() if tpu[k] != paper[k]}
+  assert changed == {"per_device_batch_size", "learning_rate", "dtype"}
+  with pytest.raises(ValueError, match="v2_ALPHA_SIZE"):
+    load("tpu.py", "v3_1.0_224")
 
 
 def test_default_config_counts_are_pinned_and_valid():
