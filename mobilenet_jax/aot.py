@@ -345,12 +345,14 @@ def fits(programs: Programs, chip: Chip, batch: int) -> Optional[int]:
 
 
 def largest_batch(programs: Programs, chip: Chip, per_device: int, used: int) -> int:
-  """The largest per-device training batch that fits in HBM, to within 2% (and
-  a multiple of 8), given that `per_device` fits using `used` bytes.
+  """The largest per-device training batch that fits in HBM (a multiple of 8),
+  given that `per_device` fits using `used` bytes.
 
   Memory is close to affine in the batch: one more compile at half the batch
   gives the slope and so a guess; a compile at the guess confirms it, else a
-  bisection between what fits and the guess.
+  bisection between what fits and the guess finds the edge to within 2%. On a
+  TPU, memory is uneven in the batch (tiles of 128), so a guess that fits is a
+  batch that fits; somewhat larger ones may too.
   """
   half = max(1, per_device // 2)
   slope = max(1.0, (used - hbm(compile_program(programs.train, programs.train_args(half)))
