@@ -411,9 +411,11 @@ def analyse(config, chip: Chip, dtype: str, device_list, fit: bool = True,
   row["compiler_step_s"] = c["seconds"]
   row["compiler_img_per_s"] = per_device / c["seconds"] if c["seconds"] else None
   row["concat_bitcasts"] = c.get("concat_bitcasts")
-  line = roofline(chip, dtype, c["flops"], c["bytes"])
-  row["roofline_img_per_s"] = per_device / line["seconds"] if line["seconds"] else None
-  row["roofline_bound"] = line["bound"]
+  # Without the bytes (GPU) a roofline would be the flops' alone: far too high
+  # for a memory-bound network, so none is given.
+  line = roofline(chip, dtype, c["flops"], c["bytes"]) if c["bytes"] else None
+  row["roofline_img_per_s"] = per_device / line["seconds"] if line else None
+  row["roofline_bound"] = line["bound"] if line else None
   if chip.platform == "tpu":
     row["traffic"] = {k: v / per_device for k, v in
                       traffic_by_operation(hbm_traffic(compiled.as_text())).items()}
@@ -453,7 +455,8 @@ def table_row(r: Dict) -> str:
           f"{fmt(r['flops_per_image'] and r['flops_per_image'] / 1e9, '.2f')} | "
           f"{fmt(r['bytes_per_image'] and r['bytes_per_image'] / 1e6, '.0f')} | "
           f"{fmt(r['compiler_img_per_s'], ',.0f')} | "
-          f"{fmt(r['roofline_img_per_s'], ',.0f')} ({r['roofline_bound']}) |")
+          f"{fmt(r['roofline_img_per_s'], ',.0f')}"
+          f"{' (' + r['roofline_bound'] + ')' if r['roofline_bound'] else ''} |")
 
 
 # ---------------------------------------------------------------- command ---
