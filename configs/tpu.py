@@ -12,9 +12,12 @@ docs/performance.md, "TPUs and GPUs without one"):
 - The learning rate scaled by 128/96 with it, as the recipe scales it with the
   global batch: on 16 chips (a v5e-16) the global batch is 2,048 where the V2 paper's
   16 workers had 1,536.
-- bfloat16 compute. Parameters, optimizer state and batch-norm statistics stay
-  float32; XLA on a TPU multiplies float32 convolutions in one bfloat16 pass by
-  default anyway, so what changes is the precision activations are stored in.
+- bfloat16 compute: 31% fewer HBM bytes per image, 1.45x the compiler's estimate
+  (V2 at 96 on a v5e). Parameters, optimizer state and batch-norm statistics and
+  normalisation stay float32, and XLA on a TPU already rounds float32 convolution
+  inputs to bfloat16 for its one-pass default precision; what changes is the
+  precision activations are stored in. That it leaves accuracy unchanged is argued,
+  not measured (no TPU here): `--config.dtype=float32` is the check.
 """
 
 import os
