@@ -235,6 +235,13 @@ def hbm(compiled) -> Dict[str, int]:
   return out
 
 
+def cost_dict(analysis) -> Dict:
+  """A cost analysis as one dict ({} for none); JAX < 0.8 gave a list of them."""
+  if isinstance(analysis, list):
+    analysis = analysis[0] if analysis else None
+  return analysis or {}
+
+
 def cost(compiled) -> Dict[str, Optional[float]]:
   """Flops, HBM bytes and the compiler's step time for one chip's program, or
   None where the backend has no cost model (GPU).
@@ -243,9 +250,7 @@ def cost(compiled) -> Dict[str, Optional[float]]:
   as -1 s in `optimal_seconds`; they are added back (and counted, so the
   correction is visible).
   """
-  analysis = compiled.cost_analysis()
-  if isinstance(analysis, list):  # JAX < 0.8: one dict per program
-    analysis = analysis[0] if analysis else None
+  analysis = cost_dict(compiled.cost_analysis())
   if not analysis:
     return None
   concat_bitcasts = len(re.findall(r'custom_call_target="ConcatBitcast"', compiled.as_text()))
@@ -263,10 +268,8 @@ def host_flops(config, platform: str, per_device: int) -> Dict[str, Optional[flo
   arithmetic, where the target's compiler gives no cost analysis."""
   import jax
   programs = build_programs(config, jax.devices("cpu")[:1], platform)
-  analysis = programs.train.lower(*programs.train_args(per_device)).cost_analysis()
-  if isinstance(analysis, list):
-    analysis = analysis[0] if analysis else None
-  return {"flops": (analysis or {}).get("flops"), "bytes": None, "seconds": None,
+  analysis = cost_dict(programs.train.lower(*programs.train_args(per_device)).cost_analysis())
+  return {"flops": analysis.get("flops"), "bytes": None, "seconds": None,
           "cost_model": "unoptimised program (flops only)"}
 
 
