@@ -101,13 +101,21 @@ def jax_version() -> tuple:
   return tuple(int(p) for p in jax.__version__.split(".")[:2])
 
 
+def installed(module: str) -> bool:
+  """find_spec of a submodule raises, rather than answering None, when its parent is absent."""
+  try:
+    return importlib.util.find_spec(module) is not None
+  except ModuleNotFoundError:
+    return False
+
+
 def check_backend(chip: Chip):
   """One line naming the fix when the compiler for `chip` is not installed."""
-  if chip.platform == "tpu" and importlib.util.find_spec("libtpu") is None:
+  if chip.platform == "tpu" and not installed("libtpu"):
     raise ConfigError(f"compiling for {chip.name} needs libtpu, which is not installed; "
                       "pip install -e '.[tpu]' (jax's tpu extra pins the libtpu that "
                       "matches your jax).")
-  if chip.platform == "cuda" and importlib.util.find_spec("jax_plugins.xla_cuda12") is None:
+  if chip.platform == "cuda" and not installed("jax_plugins.xla_cuda12"):
     raise ConfigError(f"compiling for {chip.name} needs jax-cuda12-plugin, which is not "
                       "installed; pip install -e '.[gpu-aot]' (the plugin of your jax's "
                       "version).")

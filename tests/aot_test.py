@@ -2,7 +2,6 @@
 this host does not have (libtpu's compile-only devices, the CUDA plugin's
 deviceless compiler). A TPU compile failure fails these tests."""
 
-import importlib.util
 import json
 import os
 import platform
@@ -65,6 +64,18 @@ def test_a_missing_tpu_compiler_is_one_line_naming_the_install(monkeypatch):
                       lambda name, *a: None if name == "libtpu" else real(name, *a))
   with pytest.raises(ConfigError, match=r"needs libtpu.*pip install -e '\.\[tpu\]'"):
     aot.check_backend(aot.CHIPS["v5e-1"])
+
+
+def test_a_missing_cuda_plugin_is_one_line_even_without_its_parent_package(monkeypatch):
+  """Colab's runtime has no jax_plugins package at all: find_spec of its child raises."""
+  real = aot.importlib.util.find_spec
+  def find_spec(name, *a):
+    if name.startswith("jax_plugins"):
+      raise ModuleNotFoundError("No module named 'jax_plugins'")
+    return real(name, *a)
+  monkeypatch.setattr(aot.importlib.util, "find_spec", find_spec)
+  with pytest.raises(ConfigError, match=r"needs jax-cuda12-plugin.*'\.\[gpu-aot\]'"):
+    aot.check_backend(aot.CHIPS["h100"])
 
 
 def test_too_old_a_jax_is_one_line_naming_the_upgrade(monkeypatch):
@@ -166,7 +177,7 @@ def test_a_batch_that_does_not_fit_is_one_line():
 @pytest.mark.skipif(tuple(map(int, jax.__version__.split(".")[:2])) < (0, 9),
                     reason="deviceless GPU compilation needs jax >= 0.9")
 @pytest.mark.skipif(
-    importlib.util.find_spec("jax_plugins.xla_cuda12") is None,
+    not aot.installed("jax_plugins.xla_cuda12"),
     reason="needs pip install -e '.[gpu-aot]' (not in README's test command: the CUDA "
            "plugin logs 'Could not find cuda drivers' to stderr at every JAX start, which "
            "breaks the one-line errors the other tests check)")
