@@ -3,17 +3,14 @@
   --config configs/mobilenet_v2.py            # 1.0 @ 224
   --config configs/mobilenet_v2.py:0.35_160   # alpha 0.35 at 160 px (rho 0.71)
 
-What changes from configs/default.py: the model is MobileNetV2 with every knob
-at the paper's value (defaults.model_config), trained with the TF-slim
-ImageNet recipe (defaults.imagenet_recipe), at the variant's alpha and size.
+configs/imagenet.py with MobileNetV2: the same as --config configs/imagenet.py:v2_ALPHA_SIZE.
 """
 
-from mobilenet_jax import defaults
+import os
+import runpy
+
+imagenet = runpy.run_path(os.path.join(os.path.dirname(__file__), "imagenet.py"))
 
 
 def get_config(arg="1.0_224"):
-  config = defaults.get_config()
-  config.model = defaults.model_config("mobilenet_v2")
-  defaults.imagenet_recipe(config)
-  config.model.alpha, config.image_size = defaults.parse_variant(arg)
-  return config
+  return imagenet["recipe"]("mobilenet_v2", arg)

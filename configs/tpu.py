@@ -3,7 +3,8 @@
   --config configs/tpu.py                 # MobileNetV2 1.0 @ 224, on any v5e/v6e slice
   --config configs/tpu.py:v1_0.5_160      # MobileNetV1 0.5 @ 160
 
-What changes from configs/mobilenet_v1.py and mobilenet_v2.py, each chosen from the
+What changes from configs/imagenet.py (the papers' recipe, which mobilenet_v1.py and
+mobilenet_v2.py are too), each chosen from the
 programs compiled for TPUs (`python -m mobilenet_jax.aot`; the figures and why are in
 docs/performance.md, "TPUs and GPUs without one"):
 - 128 images per chip instead of the papers' 96 per worker. A TPU lays the batch on
@@ -23,17 +24,12 @@ docs/performance.md, "TPUs and GPUs without one"):
 import os
 import runpy
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+imagenet = runpy.run_path(os.path.join(os.path.dirname(__file__), "imagenet.py"))
 PER_CHIP = 128
 
 
 def get_config(arg="v2_1.0_224"):
-  family, _, variant = arg.partition("_")
-  if family not in ("v1", "v2") or not variant:
-    raise ValueError(f"config variant {arg!r}: use v1_ALPHA_SIZE or v2_ALPHA_SIZE, "
-                     "e.g. v2_1.0_224.")
-  base = runpy.run_path(os.path.join(HERE, f"mobilenet_{family}.py"))["get_config"]
-  config = base(variant)
+  config = imagenet["get_config"](arg)
   config.learning_rate *= PER_CHIP / config.per_device_batch_size
   config.per_device_batch_size = PER_CHIP
   config.dtype = "bfloat16"

@@ -47,8 +47,7 @@ def by_budget(key: str, values) -> dict:
 def model(name: str, **changes):
   """A model config with the default's digits settings (10 classes, BN
   momentum 0.9, no dropout) and `changes`."""
-  m = defaults.model_config(name)
-  m.num_classes, m.bn_momentum, m.dropout = 10, 0.9, 0.0
+  m = defaults.for_digits(defaults.model_config(name))
   m.update(changes)
   return m
 

@@ -22,6 +22,8 @@ IMAGENET = {
                         "1.0_192", "1.0_160", "1.0_128"],
     "mobilenet_v2.py": [None, "1.0_224", "1.0_192", "1.0_160", "1.0_128",
                         "1.0_96", "1.4_224", "0.35_224"],
+    # The base both derive from, naming the network in its variant.
+    "imagenet.py": [None, "v1_0.5_224", "v2_1.4_224"],
 }
 IMAGENET_CASES = [(f, v) for f, variants in IMAGENET.items() for v in variants]
 
@@ -49,6 +51,15 @@ PAPER_ROUNDING = {"mobilenet_v1": lambda m: round(m, 1),
 def load(filename, variant=None):
   get_config = runpy.run_path(os.path.join(ROOT, "configs", filename))["get_config"]
   return get_config() if variant is None else get_config(variant)
+
+
+def network(filename, variant):
+  """(model name, alpha, size) that `filename`'s `variant` asks for."""
+  if filename == "imagenet.py":
+    family, _, variant = (variant or "v2_1.0_224").partition("_")
+    filename = f"mobilenet_{family}.py"
+  alpha, size = (variant or "1.0_224").split("_")
+  return filename[:-3], float(alpha), int(size)
 
 
 def paper_row(name, alpha, size):
@@ -81,6 +92,12 @@ def test_tpu_config_is_the_paper_recipe_at_128_per_chip_in_bfloat16(variant, pap
     load("tpu.py", "v3_1.0_224")
 
 
+def test_v1_and_v2_configs_are_the_imagenet_base_with_their_network():
+  """One recipe: the per-network files add nothing to configs/imagenet.py."""
+  for family in ("v1", "v2"):
+    assert load(f"mobilenet_{family}.py", "0.5_160") == load("imagenet.py", f"{family}_0.5_160")
+
+
 def test_default_config_counts_are_pinned_and_valid():
   config = load("default.py")
   defaults.validate(config)
@@ -92,8 +109,7 @@ def test_default_config_counts_are_pinned_and_valid():
 def test_imagenet_config_matches_its_paper_row(filename, variant):
   config = load(filename, variant)
   defaults.validate(config)
-  name = filename[:-3]
-  alpha, size = defaults.parse_variant(variant or "1.0_224")
+  name, alpha, size = network(filename, variant)
   # The paper's network: every knob at its default but the width.
   assert config.model.to_dict() == dict(models.default_config(name), alpha=alpha)
   assert config.image_size == size
@@ -116,6 +132,8 @@ def test_imagenet_config_matches_its_paper_row(filename, variant):
 def test_bad_variant_names_the_format():
   with pytest.raises(ValueError, match="'alpha_size'"):
     load("mobilenet_v1.py", "big")
+  with pytest.raises(ValueError, match="v1_ALPHA_SIZE"):
+    load("imagenet.py", "1.0_224")
 
 
 def test_models_and_train_step_import_without_tensorflow():
