@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from mobilenet_jax.data import datasets, imagenet_like
+from mobilenet_jax.data import datasets, file_formats, imagenet_like
 
 pytestmark = pytest.mark.xdist_group("imagenet_like")
 
@@ -139,14 +139,14 @@ def test_prepare_adds_the_other_format(tfrecord_dir):
                             file_format="array_record")
   formats = {f.value for f in b.info.available_file_formats()}
   assert {"tfrecord", "array_record"} <= formats
-  # TFDS reads the added format only once told (datasets.sync_file_formats).
+  # TFDS reads the added format only once told (file_formats.sync_file_formats).
   with pytest.raises(NotImplementedError):
     tfds.data_source(NAME, data_dir=tfrecord_dir, split="validation", download=False)
-  builder = datasets.sync_file_formats(tfds.builder(NAME, data_dir=tfrecord_dir))
+  builder = file_formats.sync_file_formats(tfds.builder(NAME, data_dir=tfrecord_dir))
   source = builder.as_data_source(split="validation")
   assert len(source) == N_VAL
   assert source[3]["image"].dtype == np.uint8
-  raw = datasets.sync_file_formats(tfds.builder(NAME, data_dir=tfrecord_dir)).as_data_source(
+  raw = file_formats.sync_file_formats(tfds.builder(NAME, data_dir=tfrecord_dir)).as_data_source(
       split="validation", decoders={"image": tfds.decode.SkipDecoding()})
   got = {raw[i]["file_name"].decode(): bytes(raw[i]["image"])
          for i in range(N_VAL)}

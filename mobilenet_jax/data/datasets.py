@@ -8,10 +8,9 @@ adds ArrayRecord next to it:
 
     python -m mobilenet_jax.prepare_data --dataset=imagenet2012 --data_dir=DIR
 
-which copies the serialized examples shard by shard (no decoding; TFDS's own
-`tfds convert_format` does the same but needs Apache Beam). Each shard is
-written under a temporary name and renamed when complete, and the format is
-recorded in dataset_info.json only when every shard is there, so an
+which copies the serialized examples shard by shard (file_formats.py). Each
+shard is written under a temporary name and renamed when complete, and the
+format is recorded in dataset_info.json only when every shard is there, so an
 interrupted conversion leaves the dataset as it was and can be rerun.
 """
 
@@ -28,11 +27,10 @@ import tensorflow_datasets as tfds
 
 from mobilenet_jax.data import imagenet_like  # noqa: F401  (registers imagenet_like)
 from mobilenet_jax.data import preprocess
+from mobilenet_jax.data.file_formats import (ARRAY_RECORD, add_file_format,
+                                             has_array_record, sync_file_formats)
 from mobilenet_jax.data import sklearn_digits  # noqa: F401  (registers sklearn_digits)
 from mobilenet_jax.errors import ConfigError
-
-ARRAY_RECORD = tfds.core.FileFormat.ARRAY_RECORD
-
 
 @contextlib.contextmanager
 def prepare_lock(name: str):
@@ -44,22 +42,6 @@ def prepare_lock(name: str):
     if fcntl is not None:
       fcntl.flock(f, fcntl.LOCK_EX)
     yield
-
-
-def sync_file_formats(builder):
-  """TFDS restores dataset_info.json's alternative file formats into the
-  info proto but not into the list that as_data_source consults: sync it,
-  so a set with an added format (add_file_format) is read in either."""
-  formats = builder.info.alternative_file_formats
-  for f in list(builder.info.as_proto.alternative_file_formats):
-    f = tfds.core.FileFormat.from_value(f)
-    if f not in formats:
-      formats.append(f)
-  return builder
-
-
-def has_array_record(builder) -> bool:
-  return ARRAY_RECORD in builder.info.available_file_formats()
 
 
 def conversion_command(config) -> str:
@@ -119,44 +101,3 @@ def get_builder(config):
         "and pass --config.data_dir; configs/default.py runs offline on the "
         "embedded digits.") from None
   return builder
-
-
-def _records(path, file_format):
-  """The serialized examples of one shard, in order."""
-  if file_format == ARRAY_RECORD:
-    from array_record.python import array_record_module
-    reader = array_record_module.ArrayRecordReader(str(path))
-    try:
-      yield from reader.read_all()
-    finally:
-      reader.close()
-  else:
-    import tensorflow as tf
-    for record in tf.data.TFRecordDataset(str(path)):
-      yield record.numpy()
-
-
-def add_file_format(builder, file_format=ARRAY_RECORD):
-  """Writes the prepared set of `builder` in one more file format, next to
-  the one it was prepared in, by copying the serialized examples shard by
-  shard, and records it in dataset_info.json once all shards are written."""
-  from tensorflow_datasets.core import file_adapters
-  fmt = tfds.core.FileFormat.from_value(file_format)
-  sync_file_formats(builder)
-  if fmt in builder.info.available_file_formats():
-    return
-  src_fmt = builder.info.file_format
-  writer = file_adapters.ADAPTER_FOR_FORMAT[fmt]
-  for split in builder.info.splits.values():
-    template = split.filename_template
-    srcs = sorted(template.sharded_filepaths(split.num_shards))
-    dsts = sorted(template.replace(filetype_suffix=fmt.file_suffix)
-                  .sharded_filepaths(split.num_shards))
-    for src, dst in zip(srcs, dsts):
-      if dst.exists():  # written by an earlier, interrupted conversion
-        continue
-      tmp = dst.parent / f"incomplete.{dst.name}"
-      writer.write_examples(tmp, enumerate(_records(src, src_fmt)))
-      tmp.rename(dst)
-  builder.info.add_alternative_file_format(fmt)
-  builder.info.write_to_directory(builder.data_dir)

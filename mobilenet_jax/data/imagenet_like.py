@@ -59,6 +59,8 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mobilenet_jax.data import file_formats
+
 NUM_CLASSES = 1000
 WIDTH_RANGE = (300, 500)    # inclusive; mean 400
 HEIGHT_RANGE = (250, 450)   # inclusive; mean 350
@@ -343,11 +345,10 @@ def prepare(num_train: int, num_validation: Optional[int] = None,
   (random access, tfds.data_source / builder.as_data_source, Grain). A set
   already prepared in the other format gets this one added (download_and_prepare
   alone would silently reuse the other)."""
-  from mobilenet_jax.data import datasets
   b = builder(num_train, num_validation, seed, data_dir)
   b.download_and_prepare(file_format=file_format)
-  datasets.sync_file_formats(b)
+  file_formats.sync_file_formats(b)
   if (tfds.core.FileFormat.from_value(file_format)
       not in b.info.available_file_formats()):
-    datasets.add_file_format(b, file_format)
+    file_formats.add_file_format(b, file_format)
   return b

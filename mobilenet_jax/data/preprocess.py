@@ -3,8 +3,8 @@
 Every function takes one example and, for training, a seed: augmentation is
 a pure function of (config.seed, epoch, example), whichever process, worker
 or thread runs it. TensorFlow does the image work (JPEG decoding, crops,
-bilinear resizes) in compiled graphs; the input pipeline calls them once
-per example.
+bilinear resizes) in compiled graphs: `Preprocess` runs one graph per batch,
+mapping the per-example function over its images (tf.map_fn).
 
 A JPEG is decoded only inside its crop window (`tf.image.decode_and_crop_jpeg`):
 the Inception crop keeps 8-100% of the area, evaluation's central crop 77%.
@@ -17,7 +17,6 @@ import numpy as np
 import tensorflow as tf
 
 CROP_FRACTION = 0.875  # evaluation central crop (Inception / TF-slim)
-JPEG_MAGIC = b"\xff\xd8"
 
 
 def single_threaded_ops():
@@ -35,10 +34,6 @@ def single_threaded_ops():
 def example_seed(seed: int, epoch: int, example: int) -> np.ndarray:
   """The stateless seed of one example's augmentation in one epoch."""
   return np.array([seed * 1_000_003 + epoch, example], np.int64)
-
-
-def is_jpeg(image) -> bool:
-  return isinstance(image, bytes) and image[:2] == JPEG_MAGIC
 
 
 def normalize(image):
