@@ -30,7 +30,6 @@ if __name__ == "__main__":  # before the imports below allocate anything
 
 import ast
 import copy
-import json
 import logging as py_logging
 import os
 import runpy
@@ -40,7 +39,7 @@ from typing import Dict, List, NamedTuple
 
 from absl import flags, logging
 
-from mobilenet_jax import cli, defaults, report
+from mobilenet_jax import cli, defaults, records, report
 from mobilenet_jax.errors import ConfigError
 
 flags.DEFINE_string("sweep", None, "Sweep definition file (get_sweep()).")
@@ -134,7 +133,7 @@ def expand(sweep: dict, overrides: Dict[str, object] = None,
 
 
 def is_done(run_dir: str) -> bool:
-  return os.path.exists(os.path.join(run_dir, "results.json"))
+  return records.has_results(run_dir)
 
 
 GAP_EXAMPLE = ("gap=dict(x='model.alpha', split='model.bottleneck_activation', "
@@ -185,13 +184,7 @@ def write_sweep_record(workdir: str, sweep: dict, runs: List[Run]):
             "command": "python -m mobilenet_jax.ablate " + " ".join(sys.argv[1:]),
             "commit": cli.git_commit()}
   record.update({k: sweep[k] for k in ("compare_to", "gap") if k in sweep})
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, "sweep.json")
-  if os.path.exists(path):  # a resumed sweep: its runs began at that commit
-    with open(path) as f:
-      record["commit"] = json.load(f).get("commit", record["commit"])
-  with open(path, "w") as f:
-    json.dump(record, f, indent=2)
+  records.write_sweep(workdir, record)
 
 
 def run_dir(workdir: str, run: Run) -> str:

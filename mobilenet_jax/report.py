@@ -21,7 +21,6 @@ unreadable results.json is named in the report and skipped.
 
 import datetime
 import glob
-import json
 import os
 import statistics
 import textwrap
@@ -29,6 +28,7 @@ from typing import Dict, List, Optional, Tuple
 
 from absl import app, flags
 
+from mobilenet_jax import records
 from mobilenet_jax.seed_stats import (
     CONVERGED_POINTS, FRACTIONS, ci, converged, early_percent, final_top1, fmt, gap_trend,
     gaps, minus, paired, speed_verdict, stats, top1_at, verdict)
@@ -43,10 +43,9 @@ MODEL_LABELS = {"mobilenet_v1": "MobileNetV1", "mobilenet_v2": "MobileNetV2"}
 def load_record(workdir: str) -> dict:
   """sweep.json as ablate wrote it, or what the directories imply: a variant
   is a directory with seed_* runs (not, e.g., the compilation cache)."""
-  path = os.path.join(workdir, "sweep.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      return json.load(f)
+  record = records.read_sweep(workdir)
+  if record is not None:
+    return record
   variants = sorted(d for d in os.listdir(workdir)
                     if glob.glob(os.path.join(workdir, d, "seed_*")))
   return {"name": os.path.basename(os.path.normpath(workdir)), "question": "",
@@ -56,8 +55,7 @@ def load_record(workdir: str) -> dict:
 def load_run(run_dir: str) -> dict:
   """One results.json, checked for what the report reads; `_seed` comes from
   the directory name (seed_<seed>), as ablate names it."""
-  with open(os.path.join(run_dir, "results.json")) as f:
-    result = json.load(f)
+  result = records.read_results(run_dir)
   # What the sections read: a missing or non-numeric value fails here, naming
   # this run, rather than later in the middle of the report.
   float(result["eval_top1"])
@@ -77,7 +75,7 @@ def load_runs(workdir: str, variants: List[str]) -> Tuple[Dict[str, List[dict]],
     runs[variant] = []
     for run_dir in sorted(glob.glob(os.path.join(workdir, variant, "seed_*"))):
       name = f"{variant}/{os.path.basename(run_dir)}"
-      path = os.path.join(run_dir, "results.json")
+      path = records.results_path(run_dir)
       if not os.path.exists(path):
         problems.append(f"{name}: no results.json (unfinished or failed); skipped")
         continue

@@ -45,7 +45,6 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import re  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -56,7 +55,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from mobilenet_jax import cli, defaults  # noqa: E402
+from mobilenet_jax import cli, defaults, records  # noqa: E402
 from mobilenet_jax.errors import ConfigError  # noqa: E402
 
 BOTTLENECK_ACTIVATIONS = ("linear", "relu6")
@@ -282,13 +281,6 @@ def evaluate(infer, config, builder) -> dict:
           "eval_top5": totals["top5"] / n, "eval_count": int(n)}
 
 
-def write_results(workdir: str, results: dict):
-  path = os.path.join(workdir, "results.json")
-  with open(path + ".tmp", "w") as f:
-    json.dump(results, f, indent=2, sort_keys=True)
-  os.replace(path + ".tmp", path)
-
-
 def train(config, workdir: str,
           on_step: Optional[Callable[[int, dict, float], None]] = None,
           init: str = "keras") -> dict:
@@ -297,11 +289,9 @@ def train(config, workdir: str,
   has one is not run again (its results are returned). `on_step(step, batch,
   loss)` is called after each training step with the batch it consumed.
   `init`: Keras's initialisers, or "project" (`set_project_init`)."""
-  path = os.path.join(workdir, "results.json")
-  if os.path.exists(path):
-    print(f"keras_digits: {path} exists; skipped", flush=True)
-    with open(path) as f:
-      return json.load(f)
+  if records.has_results(workdir):
+    print(f"keras_digits: {records.results_path(workdir)} exists; skipped", flush=True)
+    return records.read_results(workdir)
   defaults.validate(config)
   check_model_config(config)
   from mobilenet_jax import madds
@@ -383,7 +373,7 @@ def train(config, workdir: str,
       **{k: v for k, v in history[-1].items() if k != "step"},
       "history": history,
   }
-  write_results(workdir, results)
+  records.write_results(workdir, results)
   return results
 
 
@@ -418,14 +408,7 @@ def write_sweep_record(workdir: str, variants: List[str], seeds: List[int],
             "command": command, "commit": cli.git_commit()}
   if "linear" in variants:
     record["compare_to"] = "linear"
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, "sweep.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      record["commit"] = json.load(f).get("commit", record["commit"])
-  with open(path + ".tmp", "w") as f:
-    json.dump(record, f, indent=2)
-  os.replace(path + ".tmp", path)
+  records.write_sweep(workdir, record)
 
 
 def make_config(args, bottleneck_activation: str, seed: int):

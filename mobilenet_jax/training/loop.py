@@ -6,7 +6,6 @@ periodic evaluation, and results.json.
 """
 
 import functools
-import json
 import math
 import os
 import signal
@@ -21,7 +20,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 
-from mobilenet_jax import defaults, madds, parallel
+from mobilenet_jax import defaults, madds, parallel, records
 from mobilenet_jax.training import checkpoint, optim, run
 from mobilenet_jax.errors import ConfigError
 from mobilenet_jax.training.steps import (TrainState, config_models, create_train_state,
@@ -187,14 +186,6 @@ def first_bad_step(losses: List[jax.Array], first_step: int) -> Optional[int]:
   return first_step + int(bad[0]) if bad.size else None
 
 
-def write_results(workdir: str, results: dict):
-  """Writes results.json atomically (a crash never leaves half a file)."""
-  path = os.path.join(workdir, "results.json")
-  with open(path + ".tmp", "w") as f:
-    json.dump(results, f, indent=2, sort_keys=True)
-  os.replace(path + ".tmp", path)
-
-
 def add_log_file(workdir: str):
   """Also writes the log (metrics included) to workdir/train.log as text."""
   import logging as py_logging
@@ -340,6 +331,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   }
   results.pop("step", None)
   if is_main:
-    write_results(workdir, results)
+    records.write_results(workdir, results)
   logging.get_absl_logger().removeHandler(log_handler)
   return results
