@@ -35,7 +35,7 @@ import time
 
 from absl import app, flags
 
-from mobilenet_jax import hugepages, peers
+from mobilenet_jax import hugepages, timing
 from mobilenet_jax.ops import depthwise
 
 flags.DEFINE_enum("model", "mobilenet_v2", ["mobilenet_v1", "mobilenet_v2"], "Model.")
@@ -96,7 +96,7 @@ def peak_memory_mb(device) -> tuple:
 def timed(fn) -> list:
   """Durations of `--steps` calls of `fn` (which blocks on its result) after
   `--warmup` untimed ones: the peers' method."""
-  return peers.time_steps(fn, FLAGS.warmup, FLAGS.steps)
+  return timing.time_steps(fn, FLAGS.warmup, FLAGS.steps)
 
 
 VARIANT_KEYS = {"output_stride": int, "depthwise_impl": str}
@@ -223,7 +223,7 @@ def finish_jax(result: dict, rounds: list) -> dict:
   import jax
   for mode in rounds[0]:
     steps_s = [t for r in rounds for t in r[mode]]
-    result[mode].update(peers.summarize(steps_s, images_per_step(mode)),
+    result[mode].update(timing.summarize(steps_s, images_per_step(mode)),
                         timed_steps=len(steps_s))
   if "seeds" in result:  # speedup > 1: training the seeds together is faster
     per_round = [statistics.median(r["train"]) * FLAGS.vmap_seeds / statistics.median(r["seeds"])
@@ -357,7 +357,7 @@ def main(argv):
     for v in result["variants"]:
       v["per_madd_vs_base"] = per_madd_ratios(v, result)
   if labels:
-    ours_per_round = [{mode: peers.summarize(steps_s, images_per_step(mode))
+    ours_per_round = [{mode: timing.summarize(steps_s, images_per_step(mode))
                        for mode, steps_s in r.items()} for r in ours_rounds]
     result["peers"] = [combine_peer(peer_runs[label], ours_per_round) for label in labels]
   if FLAGS.json:

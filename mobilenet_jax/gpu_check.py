@@ -53,7 +53,7 @@ import time
 
 from absl import app, flags
 
-from mobilenet_jax import peers
+from mobilenet_jax import timing
 
 SYSTEMS = ("jax", "timm", "timm_compile")
 PRECISIONS = ("float32", "bfloat16")
@@ -134,8 +134,8 @@ def time_run(step, result: dict) -> dict:
   for _ in range(FLAGS.warmup):
     step()
   result["warmup_s"] = time.perf_counter() - t
-  times = peers.time_steps(step, 0, FLAGS.steps)
-  result.update(peers.summarize(times, FLAGS.batch_size))
+  times = timing.time_steps(step, 0, FLAGS.steps)
+  result.update(timing.summarize(times, FLAGS.batch_size))
   result["img_per_s_min"] = FLAGS.batch_size / max(times)
   result["img_per_s_max"] = FLAGS.batch_size / min(times)
   result["timed_steps"] = len(times)

@@ -104,10 +104,10 @@ def test_a_failed_peer_round_is_left_out_and_reported():
 
 
 def test_peer_timing_counts_only_the_timed_steps_and_summarizes_them():
-  from mobilenet_jax import peers
+  from mobilenet_jax import timing
   calls = []
-  times = peers.time_steps(lambda: calls.append(1), warmup=2, steps=3)
+  times = timing.time_steps(lambda: calls.append(1), warmup=2, steps=3)
   assert len(calls) == 5 and len(times) == 3 and all(t >= 0 for t in times)
-  assert peers.summarize([0.5, 0.25, 1.0], batch=8) == {
+  assert timing.summarize([0.5, 0.25, 1.0], batch=8) == {
       "img_per_s": 16.0, "step_ms_median": 500.0, "step_ms_min": 250.0,
       "step_ms_max": 1000.0}

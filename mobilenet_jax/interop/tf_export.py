@@ -30,7 +30,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from mobilenet_jax import peers
+from mobilenet_jax import timing
 from mobilenet_jax.training import checkpoint, run
 from mobilenet_jax.errors import ConfigError
 
@@ -136,7 +136,7 @@ def tflite_latency_ms(model_bytes: bytes, image_size: int, runs: int = 30) -> fl
   inp = runner.get_input_details()[0]
   runner.set_tensor(inp["index"], np.zeros((1, image_size, image_size, 3), np.float32))
   # One untimed call: the first one allocates.
-  return 1000 * float(np.median(peers.time_steps(runner.invoke, 1, runs)))
+  return 1000 * float(np.median(timing.time_steps(runner.invoke, 1, runs)))
 
 
 def agreement(reference: np.ndarray, logits: np.ndarray, labels=None) -> dict:

@@ -8,8 +8,6 @@ Only the peer imports its framework (TensorFlow/Keras, PyTorch/timm).
 
 import argparse
 import json
-import statistics
-import time
 
 
 def parse_args(extra=None):
@@ -25,25 +23,6 @@ def parse_args(extra=None):
   for args, kwargs in extra or []:
     parser.add_argument(*args, **kwargs)
   return parser.parse_args()
-
-
-def time_steps(step, warmup: int, steps: int):
-  """Runs `step` (which must block until its result is ready) warmup + steps
-  times; returns the timed steps' durations in seconds."""
-  for _ in range(warmup):
-    step()
-  times = []
-  for _ in range(steps):
-    t = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - t)
-  return times
-
-
-def summarize(times, batch: int) -> dict:
-  median = statistics.median(times)
-  return {"img_per_s": batch / median, "step_ms_median": 1e3 * median,
-          "step_ms_min": 1e3 * min(times), "step_ms_max": 1e3 * max(times)}
 
 
 def emit(result: dict):

@@ -17,7 +17,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from mobilenet_jax.peers import emit, parse_args, summarize, time_steps  # noqa: E402
+from mobilenet_jax.peers import emit, parse_args  # noqa: E402
+from mobilenet_jax.timing import summarize, time_steps  # noqa: E402
 
 
 def main():

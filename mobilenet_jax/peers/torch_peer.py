@@ -13,7 +13,8 @@ device.
 import torch
 import torch.nn as nn
 
-from mobilenet_jax.peers import emit, parse_args, summarize, time_steps
+from mobilenet_jax.peers import emit, parse_args
+from mobilenet_jax.timing import summarize, time_steps
 
 
 def make_divisible(v, divisor=8):
