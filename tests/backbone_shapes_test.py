@@ -222,8 +222,8 @@ def test_v1_depth_multiplier_scales_every_endpoint(alpha):
 # ---------------------------------------------------------------- MobileNet V2
 
 # Slim reads ep['layer_18/output']: the tf.identity(name='output') that ends
-# each expanded_conv, the same tensor as ep['layer_18'] (slim has both keys).
-# Our endpoints are named layer_k only, so the row reads layer_18.
+# each expanded_conv, the same tensor as ep['layer_18'] (slim has both keys,
+# and so do ours).
 V2_IMAGE_SIZE_CASES = [
     # mobilenet_v2_test.py: testImageSizes (ep['layer_18/output'] H, W only)
     pytest.param(size, out, id=str(size))
@@ -233,7 +233,7 @@ V2_IMAGE_SIZE_CASES = [
 
 @pytest.mark.parametrize("size,out", V2_IMAGE_SIZE_CASES)
 def test_v2_image_sizes(size, out):
-  assert _endpoints(v2((size, size)))["layer_18"][:2] == (out, out)
+  assert _endpoints(v2((size, size)))["layer_18/output"][:2] == (out, out)
 
 
 V2_FEATURE_MAP_CASES = [

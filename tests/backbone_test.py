@@ -74,10 +74,12 @@ def test_madds_follow_the_feature_maps():
   assert counted["params"] == madds.count(dict(name="mobilenet_v2"), 224)["params"]
 
 
-def test_stage_endpoints_are_the_last_of_each_reduction():
+def test_stage_endpoints_are_the_last_block_of_each_reduction():
+  """timm's features_only levels (timm_features_test.py): V2's head conv
+  (layer_19) is not one; its last bottleneck (layer_18) is."""
   model = get_model(dict(name="mobilenet_v2", include_top=False))
-  assert model.stage_endpoints() == ["layer_2", "layer_4", "layer_7", "layer_14", "layer_19"]
-  assert model.stage_endpoints((1, 4)) == ["layer_4", "layer_19"]
+  assert model.stage_endpoints() == ["layer_2", "layer_4", "layer_7", "layer_14", "layer_18"]
+  assert model.stage_endpoints((1, 4)) == ["layer_4", "layer_18"]
   v1 = get_model(dict(name="mobilenet_v1", include_top=False))
   assert v1.stage_endpoints((2, 3)) == ["Conv2d_5_pointwise", "Conv2d_11_pointwise"]
   with pytest.raises(ConfigError, match="stages are 0..4"):
@@ -87,7 +89,27 @@ def test_stage_endpoints_are_the_last_of_each_reduction():
                         variables)
   sizes = [ends[n].shape[1] for n in model.stage_endpoints()]
   assert sizes == [48, 24, 12, 6, 3]
+  assert [ends[n].shape[3] for n in model.stage_endpoints()] == [16, 24, 32, 96, 320]
   assert ends["layer_15/expansion_output"].shape == (1, 6, 6, 576)  # SSDLite's tap
+  assert ends["layer_19"].shape == (1, 3, 3, 1280)  # the head conv, SSDLite's other one
+
+
+def test_slims_layer_k_output_names_the_block_output():
+  """TF-slim's end_points hold layer_k/output (the tf.identity ending each
+  expanded_conv) beside layer_k: the same tensor, accepted wherever a name is."""
+  model = get_model(dict(SMALL_V2, include_top=False))
+  x = jax.random.normal(jax.random.key(0), (1, 64, 64, 3))
+  ends = jax.jit(functools.partial(model.apply, endpoints=True))(init(model), x)
+  blocks = [f"layer_{k}" for k in range(2, 7)]
+  assert sorted(n for n in ends if n.endswith("/output") and "_output" not in n) == \
+      sorted(f"{n}/output" for n in blocks)
+  for n in blocks:
+    np.testing.assert_array_equal(ends[f"{n}/output"], ends[n])
+  assert "layer_1/output" not in ends and "layer_7/output" not in ends  # convs, not blocks
+  assert (get_model(dict(SMALL_V2, freeze_bn="layer_3/output")).frozen_bn_paths()
+          == get_model(dict(SMALL_V2, freeze_bn="layer_3")).frozen_bn_paths())
+  with pytest.raises(ConfigError, match="or TF-slim's layer_k/output"):
+    get_model(dict(SMALL_V2, freeze_bn="layer_1/output"))
 
 
 SMALL_V2 = dict(name="mobilenet_v2", alpha=0.35, depthwise_impl="lax",

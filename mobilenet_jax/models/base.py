@@ -79,13 +79,24 @@ def bn_is_frozen(path: str, frozen: Sequence[str]) -> bool:
   return any(path == p or path.startswith(p + "/") or p == "" for p in frozen)
 
 
+STAGE, TAP, HEAD, ALIAS = "stage", "tap", "head", "alias"
+
+
 class Endpoint(NamedTuple):
   """A named feature map (TF-slim's end_points names), the module path of the
-  layer that makes it, and its nominal reduction (before output_stride)."""
+  layer that makes it, its nominal reduction (before output_stride) and its role:
+    stage: the stem's or a block's output, on the main chain (timm's
+      features_only levels are the last of these at each reduction);
+    tap: inside a block (an expansion or depthwise output);
+    head: V2's last 1x1 conv (layer_19, 1280 channels), after the last stage;
+      timm's feature network has no such conv, TF-slim's and SSDLite's use it;
+    alias: TF-slim's second name for the endpoint before it (layer_k/output,
+      the tf.identity that ends each expanded_conv: the same tensor as layer_k).
+  """
   name: str
   path: str
   reduction: int
-  main: bool  # on the main chain (a block output), not a tap inside a block
+  role: str
 
 
 def stride_plan(strides: Sequence[int], output_stride: int) -> List[Tuple[int, int]]:
@@ -169,10 +180,13 @@ class MobileNet(nn.Module):
     if int(self.min_depth) != self.min_depth or self.min_depth < 1:
       raise ConfigError(f"model.min_depth={self.min_depth!r} is not valid; use an "
                         "integer >= 1 (the fewest channels a layer keeps).")
-    names = ("none", "all") + tuple(e.name for e in self.endpoint_plan())
-    if self.freeze_bn not in names:
-      raise ConfigError(f"model.freeze_bn={self.freeze_bn!r} is not valid; use 'none', "
-                        f"'all' or an endpoint name: {', '.join(names[2:])}.")
+    plan = self.endpoint_plan()
+    if self.freeze_bn not in ("none", "all") + tuple(e.name for e in plan):
+      aliases = " (or TF-slim's layer_k/output for a block's layer_k)" if any(
+          e.role == ALIAS for e in plan) else ""
+      raise ConfigError(
+          f"model.freeze_bn={self.freeze_bn!r} is not valid; use 'none', 'all' or an "
+          f"endpoint name: {', '.join(e.name for e in plan if e.role != ALIAS)}{aliases}.")
     if not 0 <= self.bn_momentum < 1:
       raise ConfigError(f"model.bn_momentum={self.bn_momentum!r} is not valid; "
                         "use a decay in [0, 1), e.g. 0.997 (TF-slim) or 0.9.")
@@ -187,7 +201,7 @@ class MobileNet(nn.Module):
                          self.frozen_bn_paths(), self.batchnorm_impl, self.kernel_init)
 
   # Each network defines endpoint_plan() -> List[Endpoint]: every endpoint it
-  # computes, in order.
+  # computes, in order, each alias right after the endpoint it names again.
 
   def frozen_bn_paths(self) -> Tuple[str, ...]:
     """Module paths whose batch norm `freeze_bn` freezes ("" is all)."""
@@ -197,17 +211,27 @@ class MobileNet(nn.Module):
       return ("",)
     paths = []
     for end in self.endpoint_plan():
-      paths.append(end.path)
+      if end.role != ALIAS:
+        paths.append(end.path)
       if end.name == self.freeze_bn:
         return tuple(paths)
     raise AssertionError(self.freeze_bn)  # checked in __post_init__
 
   def stage_endpoints(self, out_indices: Sequence[int] = (0, 1, 2, 3, 4)) -> List[str]:
-    """timm's `out_indices`: the last main-chain endpoint at each nominal
-    reduction 2, 4, 8, 16, 32 (stage i has reduction 2 ** (i + 1))."""
+    """timm's `out_indices` of `features_only=True`: the last block output at
+    each nominal reduction 2, 4, 8, 16, 32 (stage i has reduction 2 ** (i + 1)).
+
+    timm's convention (timm/models/_efficientnet_builder.py, feature_location
+    "bottleneck"): the last block before each stride change, and no head conv.
+    V2: layer_2, layer_4, layer_7, layer_14, layer_18 (16, 24, 32, 96, 320
+    channels at alpha 1); its 1x1 head conv layer_19 (1280) is not a stage but
+    stays an endpoint by TF-slim's name (SSDLite's and TF detection's C5).
+    V1: Conv2d_1/3/5/11/13_pointwise (64 ... 1024). The same layers at every
+    output_stride, as timm's; past it their maps stay at output_stride.
+    """
     last = {}
     for end in self.endpoint_plan():
-      if end.main:
+      if end.role == STAGE:
         last[end.reduction] = end.name
     stages = [last[r] for r in sorted(last)]
     for i in out_indices:

@@ -9,8 +9,8 @@ from typing import List, Sequence, Tuple
 import flax.linen as nn
 
 from mobilenet_jax.errors import ConfigError
-from mobilenet_jax.models.base import (Endpoint, MobileNet, check_image_size,
-                                       stride_plan, training_knob)
+from mobilenet_jax.models.base import (STAGE, TAP, Endpoint, MobileNet,
+                                       check_image_size, stride_plan, training_knob)
 from mobilenet_jax.models.layers import ConvBN, FullConvBlock, SeparableBlock
 
 STEM_CHANNELS = 32
@@ -85,15 +85,15 @@ class MobileNetV1(MobileNet):
     super().__post_init__()
 
   def endpoint_plan(self) -> List[Endpoint]:
-    plan = [Endpoint("Conv2d_0", "stem", 2, True)]
+    plan = [Endpoint("Conv2d_0", "stem", 2, STAGE)]
     reduction = 2
     for i, _, s in block_plan(self.blocks, self.shallow):
       reduction *= s
       if self.conv_type == "full":
-        plan.append(Endpoint(f"Conv2d_{i}", f"block_{i}/conv", reduction, True))
+        plan.append(Endpoint(f"Conv2d_{i}", f"block_{i}/conv", reduction, STAGE))
       else:
-        plan += [Endpoint(f"Conv2d_{i}_depthwise", f"block_{i}/depthwise", reduction, False),
-                 Endpoint(f"Conv2d_{i}_pointwise", f"block_{i}/pointwise", reduction, True)]
+        plan += [Endpoint(f"Conv2d_{i}_depthwise", f"block_{i}/depthwise", reduction, TAP),
+                 Endpoint(f"Conv2d_{i}_pointwise", f"block_{i}/pointwise", reduction, STAGE)]
     return plan
 
   @nn.compact

@@ -11,8 +11,8 @@ from typing import List, Optional, Sequence, Tuple
 import flax.linen as nn
 
 from mobilenet_jax.errors import ConfigError, check_choice
-from mobilenet_jax.models.base import (Endpoint, MobileNet, check_image_size,
-                                       stride_plan, training_knob)
+from mobilenet_jax.models.base import (ALIAS, HEAD, STAGE, TAP, Endpoint, MobileNet,
+                                       check_image_size, stride_plan, training_knob)
 from mobilenet_jax.models.layers import ACTIVATIONS, ConvBN, InvertedResidual
 
 STEM_CHANNELS = 32
@@ -94,8 +94,10 @@ class MobileNetV2(MobileNet):
     blocks: the (t, c, n, s) table; replace it from config.
   Endpoints (TF-slim's names): layer_1 (the stem); for block k = 2.. (the
   table's rows expanded) layer_k/expansion_output (where t != 1),
-  layer_k/depthwise_output and layer_k; then the last 1x1 conv (layer_19 with
-  the paper's table). `padding` changes nothing here: Keras pads V2 as "SAME".
+  layer_k/depthwise_output and layer_k, also named layer_k/output as in
+  TF-slim; then the 1x1 head conv (layer_19 with the paper's table: 1280
+  channels), which `stage_endpoints` leaves out as timm's features_only does.
+  `padding` changes nothing here: Keras pads V2 as "SAME".
   """
   dropout: float = training_knob(0.2)
   min_depth: int = 8
@@ -119,18 +121,19 @@ class MobileNetV2(MobileNet):
     super().__post_init__()
 
   def endpoint_plan(self) -> List[Endpoint]:
-    plan = [Endpoint("layer_1", "stem", 2, True)]
+    plan = [Endpoint("layer_1", "stem", 2, STAGE)]
     reduction = 2
     for i, (t, _, s) in enumerate(block_plan(self.blocks, self.expansion)):
       layer = f"layer_{i + 2}"
       if t != 1:
         plan.append(Endpoint(f"{layer}/expansion_output", f"block_{i}/expand", reduction,
-                             False))
+                             TAP))
       reduction *= s
-      plan += [Endpoint(f"{layer}/depthwise_output", f"block_{i}/depthwise", reduction, False),
-               Endpoint(layer, f"block_{i}", reduction, True)]
+      plan += [Endpoint(f"{layer}/depthwise_output", f"block_{i}/depthwise", reduction, TAP),
+               Endpoint(layer, f"block_{i}", reduction, STAGE),
+               Endpoint(f"{layer}/output", f"block_{i}", reduction, ALIAS)]
     blocks = len(block_plan(self.blocks, self.expansion))
-    return plan + [Endpoint(f"layer_{blocks + 2}", "head", reduction, True)]
+    return plan + [Endpoint(f"layer_{blocks + 2}", "head", reduction, HEAD)]
 
   def channels(self, c: int) -> int:
     return block_channels(c, self.alpha, self.divisible_by, self.min_depth)
@@ -156,7 +159,7 @@ class MobileNetV2(MobileNet):
       layer = f"layer_{i + 2}"
       if t != 1:
         ends[f"{layer}/expansion_output"] = expansion
-      ends.update({f"{layer}/depthwise_output": depthwise, layer: x})
+      ends.update({f"{layer}/depthwise_output": depthwise, layer: x, f"{layer}/output": x})
     x = ConvBN(head_channels(self.alpha, self.divisible_by, self.min_depth,
                              self.finegrain_classification_mode),
                1, settings=settings, name="head")(x, train)
