@@ -17,11 +17,17 @@ paired by seed (a sweep trains every variant on the same seeds):
     shrinks.
 Every conclusion is what the 95% interval supports, no more. A missing or
 unreadable results.json is named in the report and skipped.
+
+Paths in the report (the recorded command, the --against text) are written
+relative to the current directory, as the README's commands give them
+(`runs/<name>`, `experiments/<name>`), never as the absolute path of the
+machine the sweep ran on; URLs (gs://...) stay as they are.
 """
 
 import datetime
 import glob
 import os
+import re
 import statistics
 import textwrap
 from typing import Dict, List, Optional, Tuple
@@ -36,6 +42,31 @@ from mobilenet_jax.seed_stats import (
 FLAGS = flags.FLAGS
 
 MODEL_LABELS = {"mobilenet_v1": "MobileNetV1", "mobilenet_v2": "MobileNetV2"}
+
+
+# ----------------------------------------------------------------- paths ---
+
+# An absolute local path in a command line: a "/" that begins an argument or a
+# flag's value (--workdir=/x, --set data_dir=/x), not one inside a URL (gs://b/x).
+ABSOLUTE_ARG = re.compile(r"(?<![^\s=])/(?!/)\S*")
+
+
+def portable_path(path: str, cwd: Optional[str] = None) -> str:
+  """`path` as the report writes it: relative to `cwd` (the current directory)
+  when absolute, so `/.../mobilenet_jax/runs/x` run from the checkout reads
+  `runs/x`; a path outside it climbs (`../x`) rather than name the machine's
+  directories. Relative paths and URLs are kept as given."""
+  if not os.path.isabs(path):
+    return path
+  try:
+    return os.path.relpath(path, cwd or os.getcwd())
+  except ValueError:  # another drive (Windows): no relative path exists
+    return os.path.basename(os.path.normpath(path))
+
+
+def portable_command(command: str, cwd: Optional[str] = None) -> str:
+  """The recorded command with each absolute path argument made portable."""
+  return ABSOLUTE_ARG.sub(lambda m: portable_path(m.group(0), cwd), command)
 
 
 # --------------------------------------------------------------- reading ---
@@ -171,11 +202,13 @@ def against_section(runs, ref, workdir: str, other_dir: str) -> List[str]:
   theirs, _ = load_runs(other_dir, other["variants"])
   name = other["name"]
   common = [v for v in runs if runs[v] and theirs.get(v)]
+  here, there = portable_path(workdir), portable_path(other_dir)
   lines = [f"## Against {name}", "",
-           f"The same variants in `{other_dir}` ({name}: `{other.get('command', '?')}`, "
+           f"The same variants in `{there}` ({name}: "
+           f"`{portable_command(other.get('command', '?'))}`, "
            f"commit `{other.get('commit', 'unknown')}`), paired by seed: here minus "
-           f"there, in top-1 points (`python -m mobilenet_jax.report {workdir} "
-           f"--against {other_dir}`).", ""]
+           f"there, in top-1 points (`python -m mobilenet_jax.report {here} "
+           f"--against {there}`).", ""]
   if not common:
     return lines + ["No variant has finished runs in both: nothing to compare.", ""]
   for v in common:
@@ -301,7 +334,7 @@ def setup_lines(record: dict, runs: Dict[str, List[dict]]) -> List[str]:
   sizes = span((r["config"]["image_size"] for r in results), "px")
   steps = span((r["steps"] for r in results), "steps")
   return [
-      f"- Command: `{record.get('command', '(unknown)')}`",
+      f"- Command: `{portable_command(record.get('command', '(unknown)'))}`",
       f"- Code: commit `{record.get('commit', 'unknown')}` when the sweep began; runs finished by "
       f"{date:%Y-%m-%d %H:%M} UTC",
       f"- Device: {first['device_kind']} x {first['num_devices']} "

@@ -260,7 +260,7 @@ def test_against_pairs_each_variant_and_each_gap_with_the_other_sweep(tmp_path):
   write_run(there, "relu6", 3, [10])  # a seed only there: not paired
   text = open(report.write_report(str(here), against=str(there))).read()
   lines = section(text, "Against toy").splitlines()
-  assert f"--against {there}`" in lines[2]
+  assert f"--against {os.path.relpath(there)}`" in lines[2]  # no absolute path
   linear, relu6, gap = lines[4:7]
   assert linear.startswith("- linear: mean +1.00, 95% CI [1.00, 1.00], n = 3")
   assert "linear here ends higher than linear in toy by 1.00 points" in linear
@@ -286,3 +286,29 @@ def test_setup_line_gives_one_value_when_all_runs_share_it(tmp_path):
   for variant in ("a", "b"):
     write_run(tmp_path, variant, 0, [90.0], steps=100)
   assert "at 32 px, eval split `test`, 100 steps of global batch 64" in build(tmp_path)
+
+
+def test_recorded_paths_are_relative_to_the_current_directory(tmp_path, monkeypatch):
+  """A sweep run with absolute paths under the checkout reads as the README's
+  `runs/<name>` and `experiments/<name>`: no machine's directory in the report."""
+  monkeypatch.chdir(tmp_path)
+  here, there = tmp_path / "runs" / "toy", tmp_path / "runs" / "other"
+  for workdir in (here, there):
+    workdir.mkdir(parents=True)
+    write_record(workdir, ["a", "b"], seeds=(0,), compare_to="a", command=(
+        f"python -m mobilenet_jax.ablate --sweep experiments/toy/sweep.py --workdir {workdir} "
+        f"--out={tmp_path / 'experiments' / 'toy'} --set data_dir={tmp_path / 'data'} "
+        "--set other_dir=gs://bucket/x/y"))
+    for variant in ("a", "b"):
+      write_run(workdir, variant, 0, [90.0])
+  out = tmp_path / "experiments" / "toy"
+  text = open(report.write_report(str(here), str(out), against=str(there))).read()
+  assert ("- Command: `python -m mobilenet_jax.ablate --sweep experiments/toy/sweep.py "
+          "--workdir runs/toy --out=experiments/toy --set data_dir=data "
+          "--set other_dir=gs://bucket/x/y`") in text
+  assert " runs/toy --against runs/other`)" in text  # the report command
+  assert "The same variants in `runs/other` (toy: `python -m" in text
+  assert str(tmp_path) not in text
+  # Relative paths stay as given; outside the current directory they climb.
+  assert report.portable_path("runs/x") == "runs/x"
+  assert report.portable_path("/srv/sweeps/x", cwd="/srv/checkout") == "../sweeps/x"
