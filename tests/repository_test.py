@@ -61,8 +61,9 @@ def test_the_pattern_finds_machine_paths_and_nothing_else():
       f"{tmp}pytest-of-bob/pytest-3/test0/a", f"{tmp}tmpab12_x9z/b"]
   assert found("C:" + "\\Users\\carol\\runs") == ["C:" + "\\Users\\carol\\"]
   assert found("\n\n" + work)[0] == work and machine_paths("\n\n" + work)[0][0] == 3
-  for fine in ("https://example.com" + "/work/x", "gs://bucket" + "/home/a/b",
-               "runs/x ../x ~" + "/work/x", "relative" + "/root/x", "$HOME" + "/work",
+  w, r, h = "/" + "work/", "/" + "root/", "/" + "home/"
+  for fine in (f"https://example.com{w}x", f"gs://bucket{h}a/b", f"runs/x ../x ~{w}x",
+               f"relative{r}x", "$HOME" + w[:-1],
                f"--workdir {tmp}run --config.data_dir=/data/tfds", "/content/runs",
                "experiments/bottleneck_activation"):
     assert found(fine) == [], fine
