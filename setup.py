@@ -20,7 +20,17 @@ setup(
     # The native CPU depthwise kernel is compiled from source on first use.
     package_data={"mobilenet_jax.ops": ["depthwise_cpu.cc"],
                   # XLA's GPU target configs, for deviceless GPU compiles (aot.py).
-                  "mobilenet_jax": ["gpu_specs/*.txtpb"]},
+                  "mobilenet_jax.tools": ["gpu_specs/*.txtpb"]},
+    # The common commands; each is also `python -m mobilenet_jax.<module>`.
+    entry_points={"console_scripts": [
+        "mobilenet-train = mobilenet_jax.main:run",
+        "mobilenet-ablate = mobilenet_jax.tools.ablate:run",
+        "mobilenet-report = mobilenet_jax.tools.report:run",
+        "mobilenet-benchmark = mobilenet_jax.tools.benchmark:run",
+        "mobilenet-summary = mobilenet_jax.tools.summary:run",
+        "mobilenet-export = mobilenet_jax.tools.export:run",
+        "mobilenet-aot = mobilenet_jax.tools.aot:run",
+    ]},
     python_requires=">=3.11",
     install_requires=[
         # JAX 0.10 is the newest for Python 3.11, 0.11 runs the GPU machines (3.12).
@@ -43,7 +53,7 @@ setup(
         "matplotlib>=3.10.0",
     ],
     extras_require={
-        # Compile-only TPU devices for `python -m mobilenet_jax.aot` (jax's tpu extra
+        # Compile-only TPU devices for `python -m mobilenet_jax.tools.aot` (jax's tpu extra
         # pins the libtpu that matches the installed jax).
         "tpu": [TPU],
         # Deviceless NVIDIA GPU compiles: the CUDA plugin without NVIDIA's runtime

@@ -5,7 +5,7 @@
 
 What changes from configs/imagenet.py (the papers' recipe, which mobilenet_v1.py and
 mobilenet_v2.py are too), each chosen from the
-programs compiled for TPUs (`python -m mobilenet_jax.aot`; the figures and why are in
+programs compiled for TPUs (`python -m mobilenet_jax.tools.aot`; the figures and why are in
 docs/performance.md, "TPUs and GPUs without one"):
 - 128 images per chip instead of the papers' 96 per worker. A TPU lays the batch on
   its 128-wide tiles; 96 fills three quarters of each. The compiler's estimate for the

@@ -119,7 +119,7 @@ FIELDS = (
     field("ema_decay", 0.0, in_range(0, 1),
           "> 0 keeps an EMA of the parameters for eval"),
 
-    # Starting weights: the workdir of a run or of `python -m mobilenet_jax.convert`
+    # Starting weights: the workdir of a run or of `python -m mobilenet_jax.tools.convert`
     # (Keras weights); a classifier of another class count is trained anew.
     field("init_from", None, type=Optional[str]),
     field("eval_only", False,

@@ -65,5 +65,13 @@ def lost_peer(error: Exception):
   os._exit(3)
 
 
+def run():
+  """The `mobilenet-train` console script; `python -m mobilenet_jax.main` relaunches
+  for huge pages before its imports, this after them (the same process)."""
+  from mobilenet_jax import hugepages
+  hugepages.relaunch()
+  cli.run(main)
+
+
 if __name__ == "__main__":
   cli.run(main)

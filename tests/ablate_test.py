@@ -13,7 +13,8 @@ import pytest
 
 from configs import default
 from conftest import ROOT
-from mobilenet_jax import ablate, defaults, report
+from mobilenet_jax import defaults
+from mobilenet_jax.tools import ablate, report
 from mobilenet_jax.errors import ConfigError
 
 
@@ -179,7 +180,7 @@ def test_commands_write_the_report_to_out(tmp_path):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
              MOBILENET_JAX_HUGEPAGES="0")
   ablate_out, report_out = tmp_path / "ablate_out", tmp_path / "report_out"
-  done = subprocess.run([sys.executable, "-m", "mobilenet_jax.ablate", "--sweep",
+  done = subprocess.run([sys.executable, "-m", "mobilenet_jax.tools.ablate", "--sweep",
                          str(sweep_file), "--workdir", str(workdir), "--out", str(ablate_out)],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
@@ -187,7 +188,7 @@ def test_commands_write_the_report_to_out(tmp_path):
   text = (ablate_out / "report.md").read_text()
   assert "| relu6 | 1,000 | 2.00M | 90.00 ± 0.00 |" in text
   assert not (workdir / "report.md").exists()
-  rebuilt = subprocess.run([sys.executable, "-m", "mobilenet_jax.report", str(workdir),
+  rebuilt = subprocess.run([sys.executable, "-m", "mobilenet_jax.tools.report", str(workdir),
                             "--out", str(report_out)], cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=300)
   assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
@@ -200,7 +201,7 @@ def test_killed_sweep_finishes_without_redoing_runs(tmp_path):
   sweep_file = tmp_path / "sweep.py"
   sweep_file.write_text(TINY_SWEEP)
   workdir = tmp_path / "runs"
-  args = [sys.executable, "-m", "mobilenet_jax.ablate", "--sweep", str(sweep_file),
+  args = [sys.executable, "-m", "mobilenet_jax.tools.ablate", "--sweep", str(sweep_file),
           "--workdir", str(workdir)]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   first = workdir / "relu6" / "seed_0" / "results.json"

@@ -1,4 +1,4 @@
-"""mobilenet_jax.aot: the real train and eval steps compiled for TPUs and GPUs
+"""mobilenet_jax.tools.aot: the real train and eval steps compiled for TPUs and GPUs
 this host does not have (libtpu's compile-only devices, the CUDA plugin's
 deviceless compiler). A TPU compile failure fails these tests."""
 
@@ -12,7 +12,8 @@ import jax
 import pytest
 
 from conftest import ROOT
-from mobilenet_jax import aot, cli, madds
+from mobilenet_jax import cli, madds
+from mobilenet_jax.tools import aot
 from mobilenet_jax.errors import ConfigError
 from mobilenet_jax.ops import depthwise
 from mobilenet_jax.training import steps
@@ -26,7 +27,7 @@ TPU_RECIPE = os.path.join(ROOT, "configs", "tpu.py")  # V2 1.0_224, 128 per chip
 
 
 def run_aot(*args):
-  return subprocess.run([sys.executable, "-m", "mobilenet_jax.aot", *args],
+  return subprocess.run([sys.executable, "-m", "mobilenet_jax.tools.aot", *args],
                         capture_output=True, text=True, cwd=ROOT, timeout=900)
 
 

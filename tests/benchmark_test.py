@@ -11,7 +11,7 @@ from conftest import ROOT
 RUN = """
 import sys
 from absl import app
-from mobilenet_jax import benchmark
+from mobilenet_jax.tools import benchmark
 sys.argv = ["benchmark", "--json", "--alpha=0.35", "--image_size=32",
             "--batch_size=4", "--steps=2", "--warmup=0", "--mode={mode}"{extra}]
 try:
@@ -61,7 +61,7 @@ def test_json_has_the_figures_and_no_tensorflow_is_imported():
 
 
 def test_per_madd_ratio_compares_work_done_per_second():
-  from mobilenet_jax import benchmark
+  from mobilenet_jax.tools import benchmark
   base = {"train": {"gmadds_per_s": 2.0}}
   variant = {"train": {"gmadds_per_s": 3.0}, "infer": {"gmadds_per_s": 1.0}}
   assert benchmark.per_madd_ratios(variant, {**base, "infer": {"gmadds_per_s": 4.0}}) == {
@@ -82,7 +82,7 @@ def peer_run(train_img_s):
 
 
 def test_peer_ratios_are_medians_of_same_round_ratios():
-  from mobilenet_jax import benchmark
+  from mobilenet_jax.tools import benchmark
   ours = [{"train": {"img_per_s": v}} for v in (10.0, 20.0, 12.0)]
   runs = [peer_run(5.0), peer_run(20.0), peer_run(10.0)]  # ratios 2.0, 1.0, 1.2
   entry = benchmark.combine_peer(runs, ours)
@@ -93,7 +93,7 @@ def test_peer_ratios_are_medians_of_same_round_ratios():
 
 
 def test_a_failed_peer_round_is_left_out_and_reported():
-  from mobilenet_jax import benchmark
+  from mobilenet_jax.tools import benchmark
   ours = [{"train": {"img_per_s": 10.0}}] * 3
   runs = [peer_run(5.0), {"peer": "torch", "error": "Killed"}, peer_run(10.0)]
   entry = benchmark.combine_peer(runs, ours)

@@ -13,7 +13,8 @@ import ml_collections
 import pytest
 
 from conftest import ROOT
-from mobilenet_jax import ablate, defaults, models
+from mobilenet_jax import defaults, models
+from mobilenet_jax.tools import ablate
 from mobilenet_jax.errors import ConfigError
 
 # Values that used to crash late with a traceback or were silently accepted.

@@ -18,7 +18,7 @@ PRECISIONS = ("float32", "bfloat16")
 
 
 def run(*args, env=None, timeout=300):
-  return subprocess.run([sys.executable, "-m", "mobilenet_jax.gpu_check", *args],
+  return subprocess.run([sys.executable, "-m", "mobilenet_jax.tools.gpu_check", *args],
                         cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                         env=env)
 
@@ -97,7 +97,7 @@ MISSING_TIMM = """
 import sys
 sys.modules["timm"] = None  # as if not installed: find_spec("timm") is None
 from absl import app
-from mobilenet_jax import gpu_check
+from mobilenet_jax.tools import gpu_check
 sys.argv = ["gpu_check", "--out={out}"]
 app.run(gpu_check.main)
 """

@@ -28,9 +28,9 @@ def test_not_wanted_when_already_on_or_opted_out():
 @pytest.mark.skipif(not hugepages.wanted({}), reason="needs glibc >= 2.35 and THP 'madvise'")
 @pytest.mark.slow
 def test_entry_point_relaunches_itself_with_huge_pages():
-  """`python -m mobilenet_jax.benchmark` re-executes with the tunable (same
+  """`python -m mobilenet_jax.tools.benchmark` re-executes with the tunable (same
   arguments, so its JSON comes back); with the opt-out it runs as started."""
-  args = [sys.executable, "-m", "mobilenet_jax.benchmark", "--json", "--mode=infer",
+  args = [sys.executable, "-m", "mobilenet_jax.tools.benchmark", "--json", "--mode=infer",
           "--model=mobilenet_v1", "--alpha=0.25", "--image_size=32", "--batch_size=4",
           "--steps=1", "--warmup=0"]
 

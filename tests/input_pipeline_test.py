@@ -208,7 +208,7 @@ def test_tfrecord_only_dataset_is_refused_then_converted(tmp_path):
     datasets.get_builder(config)
   message = str(e.value)
   assert "tfrecord" in message and "\n" not in message
-  assert f"python -m mobilenet_jax.prepare_data --dataset=sklearn_digits " \
+  assert f"python -m mobilenet_jax.tools.prepare_data --dataset=sklearn_digits " \
          f"--data_dir={tmp_path}" in message
   assert sorted(p.name for p in tmp_path.glob("sklearn_digits/*/*")) == before
   builder = datasets.prepare(config)

@@ -58,7 +58,7 @@ def test_the_installed_package_is_imported_with_the_native_kernel_source(install
 
 
 def test_summary_of_a_config_file_names_the_papers_madds(installed):
-  proc = run(installed, "-m", "mobilenet_jax.summary", "--config",
+  proc = run(installed, "-m", "mobilenet_jax.tools.summary", "--config",
              os.path.join(ROOT, "configs", "mobilenet_v2.py") + ":1.0_224")
   assert proc.returncode == 0, proc.stderr[-3000:]
   madds = re.search(r"MAdds [\d,]+ \(([\d.]+)M\) per image", proc.stdout)
@@ -67,7 +67,7 @@ def test_summary_of_a_config_file_names_the_papers_madds(installed):
 
 def test_benchmark_acceptance_command(installed):
   """The acceptance command as given: V2 1.0 at 224, batch 32, train and inference."""
-  proc = run(installed, "-m", "mobilenet_jax.benchmark", "--steps", "2", timeout=600)
+  proc = run(installed, "-m", "mobilenet_jax.tools.benchmark", "--steps", "2", timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = proc.stdout.splitlines()
   assert lines[0].startswith("mobilenet_v2 alpha 1.0 @ 224, batch 32"), proc.stdout

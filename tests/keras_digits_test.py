@@ -12,9 +12,10 @@ import pytest
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
-from mobilenet_jax import defaults, report  # noqa: E402
+from mobilenet_jax import defaults  # noqa: E402
+from mobilenet_jax.tools import report  # noqa: E402
 from mobilenet_jax.models import get_model  # noqa: E402
-from mobilenet_jax.peers import keras_digits  # noqa: E402
+from mobilenet_jax.studies import keras_digits  # noqa: E402
 from mobilenet_jax.training import optim  # noqa: E402
 
 pytestmark = pytest.mark.xdist_group("keras_digits")

@@ -182,7 +182,7 @@ def test_convert_command_names_a_wrong_alpha_and_writes_nothing(tmp_path):
   path = str(tmp_path / "v2_035.weights.h5")
   keras_model("mobilenet_v2", 0.35, 32, classes=10, classifier_activation=None).save_weights(path)
   proc = subprocess.run(
-      [sys.executable, "-m", "mobilenet_jax.convert", "--from-keras", path,
+      [sys.executable, "-m", "mobilenet_jax.tools.convert", "--from-keras", path,
        "--config", "configs/default.py", "--out", str(tmp_path / "out")],
       cwd=ROOT, capture_output=True, text=True)
   assert proc.returncode == 2, proc.stderr[-2000:]

@@ -82,6 +82,82 @@ def test_every_module_imports_and_commands_define_the_flags_they_read():
              if not hasattr(flags.FlagValues, r)}  # FlagValues methods are not flags
     undefined = reads - set(info["flags"]) - GUARDED_READS.get(name, set())
     assert not undefined, f"{name} reads flags it does not define: {sorted(undefined)}"
+  # Commands apart from the library: only main, tools/ and studies/ define flags
+  # (the Keras digits trainer and the peers parse their own arguments).
   commands = {n for n, i in found.items() if i.get("flags")}
-  assert {"mobilenet_jax." + c for c in ("main", "ablate", "report", "convert", "export",
-                                        "launch", "summary", "benchmark")} <= commands
+  places = ("mobilenet_jax.main", "mobilenet_jax.tools.", "mobilenet_jax.studies.")
+  assert all(n.startswith(places) for n in commands), sorted(commands)
+  assert {"mobilenet_jax." + c for c in (
+      "main", "tools.ablate", "tools.report", "tools.convert", "tools.export",
+      "tools.launch", "tools.summary", "tools.benchmark", "tools.aot")} <= commands
+
+
+# ------------------------------------------------------------- import floors ---
+
+# What each part of the package may import from the package (its own part
+# aside): a floor imports only floors below it.
+COMMANDS = ("mobilenet_jax.main", "mobilenet_jax.tools", "mobilenet_jax.studies")
+MAY_NOT_IMPORT = {
+    "mobilenet_jax.ops": ("models", "training", "data", "interop", "peers", "defaults",
+                          "madds", "parallel", "cli"),
+    "mobilenet_jax.models": ("training", "data", "interop", "peers", "defaults", "cli"),
+    "mobilenet_jax.data": ("models", "training", "interop", "peers", "defaults", "cli"),
+    "mobilenet_jax.training": ("interop", "peers", "cli"),
+    "mobilenet_jax.interop": ("peers", "cli"),
+    "mobilenet_jax.peers": ("training", "interop", "models", "cli"),
+    "mobilenet_jax.errors": ("",), "mobilenet_jax.timing": ("",),
+    "mobilenet_jax.records": ("",), "mobilenet_jax.seed_stats": ("",),
+}
+
+
+def imports():
+  """{module: the package's modules it imports}, at module level or inside a
+  function: a deferred import still ties the two together."""
+  import ast
+  modules = source_modules()
+  graph = {}
+  for module in modules:
+    path = os.path.join(ROOT, *module.split(".")) + ".py"
+    if not os.path.exists(path):
+      path = os.path.join(ROOT, *module.split("."), "__init__.py")
+    found = set()
+    for node in ast.walk(ast.parse(open(path).read())):
+      if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mobilenet_jax"):
+        for alias in node.names:
+          full = f"{node.module}.{alias.name}"
+          found.add(full if full in modules else node.module)
+      elif isinstance(node, ast.Import):
+        found |= {a.name for a in node.names if a.name.startswith("mobilenet_jax")}
+    graph[module] = found - {module, "mobilenet_jax"}
+  return graph
+
+
+def test_no_import_circle():
+  graph, done, path = imports(), set(), []
+
+  def visit(module):
+    if module in path:
+      raise AssertionError("import circle: " + " -> ".join(path[path.index(module):] + [module]))
+    if module in done:
+      return
+    path.append(module)
+    for other in sorted(graph.get(module, ())):
+      visit(other)
+    path.pop()
+    done.add(module)
+
+  for module in sorted(graph):
+    visit(module)
+
+
+def test_no_import_from_a_floor_back_up():
+  for module, imported in imports().items():
+    if not module.startswith(COMMANDS):
+      up = sorted(m for m in imported if m.startswith(COMMANDS))
+      assert not up, f"{module} (library) imports the commands {up}"
+    for part, banned in MAY_NOT_IMPORT.items():
+      if module == part or module.startswith(part + "."):
+        bad = sorted(m for m in imported if not m.startswith(part)
+                     and any(m == f"mobilenet_jax.{b}".rstrip(".")
+                             or m.startswith(f"mobilenet_jax.{b}") for b in banned))
+        assert not bad, f"{module} imports {bad}, a floor above it"

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from mobilenet_jax import manifold
+from mobilenet_jax.studies import manifold
 from mobilenet_jax.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,7 +52,7 @@ def test_unknown_activation_is_a_config_error():
 
 def command(out, *extra):
   return subprocess.run(
-      [sys.executable, "-m", "mobilenet_jax.manifold", "--out", str(out), "--ns", "2,5,30",
+      [sys.executable, "-m", "mobilenet_jax.studies.manifold", "--out", str(out), "--ns", "2,5,30",
        "--trials", "5", "--points", "50", *extra],
       cwd=ROOT, capture_output=True, text=True, timeout=120)
 

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from mobilenet_jax import launch
+from mobilenet_jax.tools import launch
 from mobilenet_jax.training import checkpoint
 from conftest import ROOT
 

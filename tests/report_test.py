@@ -9,7 +9,7 @@ import matplotlib.axes
 import pytest
 
 from configs import default
-from mobilenet_jax import report
+from mobilenet_jax.tools import report
 
 T_975_2 = 4.302652729749462  # Student t, 97.5% quantile, 2 degrees of freedom
 

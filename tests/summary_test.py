@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def summary(*args):
-  return subprocess.run([sys.executable, "-m", "mobilenet_jax.summary", *args],
+  return subprocess.run([sys.executable, "-m", "mobilenet_jax.tools.summary", *args],
                         cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 

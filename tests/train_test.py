@@ -281,7 +281,7 @@ def test_bad_input_settings_stop_before_touching_checkpoints(tmp_path, small_con
   cases = [
       (["--config.input_workers=-1"], ["input_workers=-1", "integer >= 0"]),
       ([f"--config.data_dir={tfrecord}"],
-       ["tfrecord", f"python -m mobilenet_jax.prepare_data --dataset=sklearn_digits "
+       ["tfrecord", f"python -m mobilenet_jax.tools.prepare_data --dataset=sklearn_digits "
                     f"--data_dir={tfrecord}"]),
       (["--config.dataset=imagenet2012", f"--config.data_dir={tmp_path / 'empty'}",
         "--config.model.num_classes=1000"], ["imagenet2012", "manual_dir"]),

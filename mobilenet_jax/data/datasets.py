@@ -6,7 +6,7 @@ prepared in TFDS's default TFRecord format (how most people hold ImageNet)
 cannot be read by index; it is refused with one line naming the command that
 adds ArrayRecord next to it:
 
-    python -m mobilenet_jax.prepare_data --dataset=imagenet2012 --data_dir=DIR
+    python -m mobilenet_jax.tools.prepare_data --dataset=imagenet2012 --data_dir=DIR
 
 which copies the serialized examples shard by shard (file_formats.py). Each
 shard is written under a temporary name and renamed when complete, and the
@@ -46,7 +46,7 @@ def prepare_lock(name: str):
 
 def conversion_command(config) -> str:
   data_dir = f" --data_dir={config.data_dir}" if config.data_dir else ""
-  return f"python -m mobilenet_jax.prepare_data --dataset={config.dataset}{data_dir}"
+  return f"python -m mobilenet_jax.tools.prepare_data --dataset={config.dataset}{data_dir}"
 
 
 def open_builder(config, file_format=None):

@@ -1,8 +1,8 @@
 """Checkpoints -> TFLite or SavedModel through jax2tf, checked and timed.
 
-  python -m mobilenet_jax.export --workdir /tmp/run --format tflite
-  python -m mobilenet_jax.export --workdir /tmp/run --format tflite --quantize int8
-  python -m mobilenet_jax.export --workdir /tmp/run --format saved_model
+  python -m mobilenet_jax.tools.export --workdir /tmp/run --format tflite
+  python -m mobilenet_jax.tools.export --workdir /tmp/run --format tflite --quantize int8
+  python -m mobilenet_jax.tools.export --workdir /tmp/run --format saved_model
 
 The network goes through jax2tf (StableHLO) with XLA's convolutions for the
 depthwise and 1x1 layers, which the TFLite converter turns into its own

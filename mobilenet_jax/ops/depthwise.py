@@ -5,7 +5,7 @@ magnitude slower than TensorFlow's depthwise kernel. On CPU this project uses a
 native kernel (depthwise_cpu.cc, through jax.ffi with a custom VJP), or where no
 C++ compiler is found, the same convolution as k*k shifted multiply-adds in pure
 JAX; on GPU/TPU XLA's grouped convolution is the fast one
-(`python -m mobilenet_jax.benchmark --depthwise_impl=...` measures each). All
+(`python -m mobilenet_jax.tools.benchmark --depthwise_impl=...` measures each). All
 give the same outputs and gradients (tests/depthwise_test.py).
 
 Each takes a dilation rate: output-stride 8/16 backbones (TF-slim, DeepLab) set

@@ -1,5 +1,5 @@
 """The tf.data training input this project used before Grain (commit 2f3e0c3),
-kept as the baseline that `python -m mobilenet_jax.input_benchmark` measures
+kept as the baseline that `python -m mobilenet_jax.tools.input_benchmark` measures
 the Grain pipeline against, in the same invocation.
 
 Each device reads its own 1/num_shards of the split through a shuffle

@@ -1,8 +1,8 @@
 """A run's (or convert's) checkpoint -> TFLite or SavedModel, checked.
 
-  python -m mobilenet_jax.export --workdir /tmp/run --format tflite
-  python -m mobilenet_jax.export --workdir /tmp/run --format tflite --quantize int8
-  python -m mobilenet_jax.export --workdir /tmp/run --format saved_model
+  python -m mobilenet_jax.tools.export --workdir /tmp/run --format tflite
+  python -m mobilenet_jax.tools.export --workdir /tmp/run --format tflite --quantize int8
+  python -m mobilenet_jax.tools.export --workdir /tmp/run --format saved_model
 
 How the export is made, checked and timed: mobilenet_jax/interop/tf_export.py.
 """
@@ -36,6 +36,11 @@ def main(argv):
                             FLAGS.config, FLAGS.calibration_examples,
                             FLAGS.check_examples, FLAGS.compare_keras)
   print(tf_export.summary(report))
+
+
+def run():
+  """The `mobilenet-export` console script."""
+  cli.run(main)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ For development and tests of multi-host code without a cluster. Each process
 is `python -m mobilenet_jax.main` with its own --process_id, all joined over
 localhost by JAX's distributed runtime, with gloo collectives between them:
 
-  python -m mobilenet_jax.launch --num_processes 2 --devices_per_process 2 -- \
+  python -m mobilenet_jax.tools.launch --num_processes 2 --devices_per_process 2 -- \
       --config configs/default.py --workdir runs/two_hosts
 
 Output lines are prefixed with the process index. If a process fails, the

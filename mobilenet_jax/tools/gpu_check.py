@@ -3,13 +3,13 @@
 On the GPU machine (JAX with CUDA, PyTorch with CUDA and timm; no TensorFlow,
 TFDS, ml_collections or clu needed, no network), from the repository root:
 
-  python -m mobilenet_jax.gpu_check --out gpu_check.json
+  python -m mobilenet_jax.tools.gpu_check --out gpu_check.json
 
 Times, at --batch_size 256 and --image_size 224 by default, with one synthetic
 batch resident on the device, --warmup untimed steps and then --steps timed ones:
 
   jax   this project's data-parallel train step (`steps.train_step` under
-        `parallel.data_parallel`, as `mobilenet_jax.benchmark` times it) of
+        `parallel.data_parallel`, as `mobilenet_jax.tools.benchmark` times it) of
         MobileNetV2 1.0, on ONE device (`jax.local_devices(backend)[:1]`: a
         one-GPU check), in float32 and in bfloat16 compute (`steps.create_model`'s
         dtype; parameters and optimizer state stay float32), timed per step with
@@ -315,7 +315,7 @@ def worker(spec: str) -> int:
 # ------------------------------------------------------------ orchestration ---
 
 def worker_args(system: str, precision: str) -> list:
-  return [sys.executable, "-m", "mobilenet_jax.gpu_check",
+  return [sys.executable, "-m", "mobilenet_jax.tools.gpu_check",
           f"--worker={system}:{precision}", f"--batch_size={FLAGS.batch_size}",
           f"--steps={FLAGS.steps}", f"--warmup={FLAGS.warmup}",
           f"--device={FLAGS.device}", f"--image_size={FLAGS.image_size}",
@@ -370,7 +370,7 @@ def report(results: dict) -> dict:
           "model": "MobileNetV2 1.0 (ours) / timm " + TIMM_MODEL,
           "batch_size": FLAGS.batch_size, "image_size": FLAGS.image_size,
           "steps": FLAGS.steps, "warmup": FLAGS.warmup,
-          "command": " ".join(["python -m mobilenet_jax.gpu_check"] + sys.argv[1:]),
+          "command": " ".join(["python -m mobilenet_jax.tools.gpu_check"] + sys.argv[1:]),
           "results": results, "ratios_ours_to": ratios(results)}
 
 

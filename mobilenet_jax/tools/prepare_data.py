@@ -1,10 +1,10 @@
 """Prepares a TFDS dataset in ArrayRecord, the format the input pipeline reads.
 
   # generate / download and prepare (ImageNet: the tar files in --manual_dir)
-  python -m mobilenet_jax.prepare_data --dataset=imagenet2012 \
+  python -m mobilenet_jax.tools.prepare_data --dataset=imagenet2012 \
       --data_dir=~/tensorflow_datasets --manual_dir=~/imagenet_tars
   # a dataset already prepared as TFRecord: ArrayRecord is added next to it
-  python -m mobilenet_jax.prepare_data --dataset=imagenet2012 --data_dir=DIR
+  python -m mobilenet_jax.tools.prepare_data --dataset=imagenet2012 --data_dir=DIR
 
 Prints where the dataset is and the example count of each split.
 """

@@ -1,6 +1,6 @@
 """MobileNetV2's Figure 1: a spiral through a random embedding, ReLU and back.
 
-  python -m mobilenet_jax.manifold --out experiments/manifold
+  python -m mobilenet_jax.studies.manifold --out experiments/manifold
 
 The 2-D spiral is embedded into n dimensions by a random matrix T, passed
 through an activation and projected back by the pseudo-inverse of T. The paper
@@ -187,7 +187,7 @@ def overlap(a: dict, b: dict) -> bool:
 
 
 def command(out: str, ns: List[int], trials: int, seed: int, num_points: int) -> str:
-  return (f"python -m mobilenet_jax.manifold --out {out} --ns {','.join(map(str, ns))} "
+  return (f"python -m mobilenet_jax.studies.manifold --out {out} --ns {','.join(map(str, ns))} "
           f"--trials {trials} --seed {seed} --points {num_points}")
 
 

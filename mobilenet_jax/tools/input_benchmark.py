@@ -1,6 +1,6 @@
 """The input pipeline alone: images/s and time to the first batch.
 
-  python -m mobilenet_jax.input_benchmark --num_train=2000 --workers=0,1,2
+  python -m mobilenet_jax.tools.input_benchmark --num_train=2000 --workers=0,1,2
 
 On the generated ImageNet-like set (mobilenet_jax/data/imagenet_like.py:
 ~400x350 px JPEGs of ~110 KB) at --image_size with the Inception crop, in

@@ -1,7 +1,7 @@
 """Compiles a config's real train and eval steps for TPUs and GPUs this host lacks.
 
   pip install -e '.[tpu]'   # libtpu: compile-only TPU devices on a CPU host
-  python -m mobilenet_jax.aot --config configs/mobilenet_v2.py:1.0_224 \
+  python -m mobilenet_jax.tools.aot --config configs/mobilenet_v2.py:1.0_224 \
       --targets v5e-1,v6e-1,v5e-16 --dtypes float32,bfloat16
 
 Per target chip and dtype it prints: whether the step compiles; HBM per chip
@@ -16,7 +16,7 @@ measurement on the device (docs/performance.md, "TPUs and GPUs without one").
 TPU: libtpu's compile-only topologies (jax.experimental.topologies), with
 TPU_SKIP_MDS_QUERY=1 so libtpu does not look for a TPU VM's metadata server.
 GPU: jax-cuda12-plugin (`pip install -e '.[gpu-aot]'`) compiles for an XLA GPU
-target config (mobilenet_jax/gpu_specs/, from XLA's own); cost analysis is not
+target config (mobilenet_jax/tools/gpu_specs/, from XLA's own); cost analysis is not
 available there, so the flops are XLA's count of the unoptimised program and
 no step-time estimate is given.
 """
@@ -543,7 +543,13 @@ def main(argv):
     sys.exit(2)
 
 
-if __name__ == "__main__":
+def run():
+  """The `mobilenet-aot` console script."""
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")  # may be too late if JAX started: -m is sure
   from mobilenet_jax import cli
   define_flags()
   cli.run(main)
+
+
+if __name__ == "__main__":
+  run()

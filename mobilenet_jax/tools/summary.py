@@ -1,7 +1,7 @@
 """Per-layer table of a configured model in the papers' style.
 
-  python -m mobilenet_jax.summary --config configs/default.py
-  python -m mobilenet_jax.summary --config configs/mobilenet_v1.py \
+  python -m mobilenet_jax.tools.summary --config configs/default.py
+  python -m mobilenet_jax.tools.summary --config configs/mobilenet_v1.py \
       --config.model.alpha=0.5 --config.image_size=160 --json
 """
 
@@ -66,6 +66,11 @@ def main(argv):
                           **totals, layers=[l.__dict__ for l in layer_list])))
   else:
     print(format_table(table_rows(layer_list, flags.FLAGS.layers), totals))
+
+
+def run():
+  """The `mobilenet-summary` console script."""
+  cli.run(main)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Keras Applications weights -> a checkpoint that `main` evaluates or fine-tunes.
 
-  python -m mobilenet_jax.convert \
+  python -m mobilenet_jax.tools.convert \
       --from-keras mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5 \
       --config configs/mobilenet_v2.py:1.0_224 --out /tmp/keras_v2
   python -m mobilenet_jax.main --config configs/mobilenet_v2.py:1.0_224 \

@@ -27,14 +27,14 @@ and Adam's epsilon "hat" (added to sqrt(v) before the bias correction, so
 early steps see eps / sqrt(1 - b2^t) where optax sees eps; with eps 1e-8
 that is below 3.2e-7 and vanishes as t grows).
 
-  python -m mobilenet_jax.peers.keras_digits --workdir W \
+  python -m mobilenet_jax.studies.keras_digits --workdir W \
       --bottleneck_activation relu6 --seed 0 [--num_epochs 60]
-  python -m mobilenet_jax.peers.keras_digits --workdir W \
+  python -m mobilenet_jax.studies.keras_digits --workdir W \
       --variants linear,relu6 --seeds 0,1,2 [--out DIR] [--init project]
 
 The second writes W/<variant>/seed_<s>/results.json (in the project's format,
-as far as `mobilenet_jax.report` reads it) and W/sweep.json, so
-`python -m mobilenet_jax.report W --out DIR` builds the report. A run whose
+as far as `mobilenet_jax.tools.report` reads it) and W/sweep.json, so
+`python -m mobilenet_jax.tools.report W --out DIR` builds the report. A run whose
 results.json exists is skipped. `--init project` starts every run from the
 project run's own initial weights at the same seed instead of Keras's
 initialisers: what is left different is the framework.
@@ -385,7 +385,7 @@ QUESTION = ("Does a linear bottleneck beat a ReLU6 one (MobileNetV2 Fig. 6a) in 
 NOTES = [
     "Peer check: keras.applications.MobileNetV2 (weights=None) as shipped, with a "
     "ReLU6 inserted after every *_project_BN for the relu6 variant; trained by "
-    "mobilenet_jax.peers.keras_digits on the project's own input batches with its "
+    "mobilenet_jax.studies.keras_digits on the project's own input batches with its "
     "AdamW recipe (schedule, weight decay mask, label smoothing, BN momentum).",
     "Differences from the project's runs: Keras's initialisers (glorot_uniform, the "
     "project's are lecun_normal), Keras AdamW's epsilon-hat (eps 1e-8 added before "
@@ -455,7 +455,7 @@ def main(argv=None):
   for v in variants:
     if v not in BOTTLENECK_ACTIVATIONS:
       raise ConfigError(f"variant {v!r}: use {', '.join(BOTTLENECK_ACTIVATIONS)}.")
-  command = "python -m mobilenet_jax.peers.keras_digits " + " ".join(
+  command = "python -m mobilenet_jax.studies.keras_digits " + " ".join(
       sys.argv[1:] if argv is None else argv)
   write_sweep_record(args.workdir, variants, seeds, command, args.init)
   runs = [(v, s) for v in variants for s in seeds]
@@ -464,7 +464,7 @@ def main(argv=None):
     train(make_config(args, v, s), os.path.join(args.workdir, v, f"seed_{s}"),
           init=args.init)
   if args.out:
-    from mobilenet_jax import report
+    from mobilenet_jax.tools import report
     print(report.write_report(args.workdir, args.out))
 
 

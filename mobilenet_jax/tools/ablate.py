@@ -1,6 +1,6 @@
 """Runs a sweep of the papers' knobs over seeds, then writes its report.
 
-  python -m mobilenet_jax.ablate --sweep experiments/bottleneck_activation/sweep.py \
+  python -m mobilenet_jax.tools.ablate --sweep experiments/bottleneck_activation/sweep.py \
       --workdir runs/bottleneck_activation [--set num_epochs=5] [--seeds 0,1,2] \
       [--out experiments/bottleneck_activation]
 
@@ -39,7 +39,8 @@ from typing import Dict, List, NamedTuple
 
 from absl import flags, logging
 
-from mobilenet_jax import cli, defaults, records, report
+from mobilenet_jax import cli, defaults, records
+from mobilenet_jax.tools import report
 from mobilenet_jax.errors import ConfigError
 
 flags.DEFINE_string("sweep", None, "Sweep definition file (get_sweep()).")
@@ -181,7 +182,7 @@ def write_sweep_record(workdir: str, sweep: dict, runs: List[Run]):
             "plot": sweep.get("plot", "curves"), "notes": sweep.get("notes", []),
             "variants": list(sweep["variants"]),
             "seeds": sorted({r.seed for r in runs}),
-            "command": "python -m mobilenet_jax.ablate " + " ".join(sys.argv[1:]),
+            "command": "python -m mobilenet_jax.tools.ablate " + " ".join(sys.argv[1:]),
             "commit": cli.git_commit()}
   record.update({k: sweep[k] for k in ("compare_to", "gap") if k in sweep})
   records.write_sweep(workdir, record)
@@ -241,6 +242,13 @@ def main(argv):
   out = FLAGS.out or FLAGS.workdir
   path = report.write_report(FLAGS.workdir, out)
   print(f"ablate: {len(runs)} runs done; report in {path}")
+
+
+def run():
+  """The `mobilenet-ablate` console script (huge pages: a relaunch, as with -m)."""
+  from mobilenet_jax import hugepages
+  hugepages.relaunch()
+  cli.run(main)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Train/inference throughput of this project's MobileNets, and of the peers.
 
-  python -m mobilenet_jax.benchmark --model mobilenet_v2 --image_size 224 \
+  python -m mobilenet_jax.tools.benchmark --model mobilenet_v2 --image_size 224 \
       --batch_size 32 --mode both --peers keras,torch
-  python -m mobilenet_jax.benchmark --mode train --dtype bfloat16 --json
+  python -m mobilenet_jax.tools.benchmark --mode train --dtype bfloat16 --json
 
 Times the real data-parallel train step (`steps.train_step` under
 `parallel.data_parallel`, on every local device) and the inference forward
@@ -364,6 +364,12 @@ def main(argv):
     print(json.dumps(result))
   else:
     print_table(result)
+
+
+def run():
+  """The `mobilenet-benchmark` console script (huge pages: a relaunch, as with -m)."""
+  hugepages.relaunch()
+  app.run(main)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """A sweep's report, built only from its runs' results.json files.
 
-  python -m mobilenet_jax.report runs/bottleneck_activation \
+  python -m mobilenet_jax.tools.report runs/bottleneck_activation \
       --out experiments/bottleneck_activation
 
 Writes report.md and one PNG plot for the sweep's question. report.md has the
@@ -207,7 +207,7 @@ def against_section(runs, ref, workdir: str, other_dir: str) -> List[str]:
            f"The same variants in `{there}` ({name}: "
            f"`{portable_command(other.get('command', '?'))}`, "
            f"commit `{other.get('commit', 'unknown')}`), paired by seed: here minus "
-           f"there, in top-1 points (`python -m mobilenet_jax.report {here} "
+           f"there, in top-1 points (`python -m mobilenet_jax.tools.report {here} "
            f"--against {there}`).", ""]
   if not common:
     return lines + ["No variant has finished runs in both: nothing to compare.", ""]
@@ -459,11 +459,16 @@ def define_flags():
 
 def main(argv):
   if len(argv) != 2:
-    raise app.UsageError("usage: python -m mobilenet_jax.report SWEEP_DIR [--out DIR] "
+    raise app.UsageError("usage: python -m mobilenet_jax.tools.report SWEEP_DIR [--out DIR] "
                          "[--against OTHER_SWEEP_DIR]")
   print(write_report(argv[1], FLAGS.out, FLAGS.against))
 
 
-if __name__ == "__main__":
+def run():
+  """The `mobilenet-report` console script."""
   define_flags()
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()
