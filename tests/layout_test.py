@@ -161,3 +161,17 @@ def test_no_import_from_a_floor_back_up():
                      and any(m == f"mobilenet_jax.{b}".rstrip(".")
                              or m.startswith(f"mobilenet_jax.{b}") for b in banned))
         assert not bad, f"{module} imports {bad}, a floor above it"
+
+
+def test_the_commands_old_names_still_run_them():
+  """Committed reports cite `python -m mobilenet_jax.ablate` and the like."""
+  import importlib.util
+  import mobilenet_jax
+  for old, new in mobilenet_jax.MOVED.items():
+    spec = importlib.util.find_spec(f"mobilenet_jax.{old}")
+    assert spec.origin == importlib.util.find_spec(f"mobilenet_jax.{new}").origin, old
+  proc = subprocess.run([sys.executable, "-m", "mobilenet_jax.summary", "--config",
+                         "configs/default.py"], cwd=ROOT, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "Total params 719,034" in proc.stdout
