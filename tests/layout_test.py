@@ -175,3 +175,26 @@ def test_the_commands_old_names_still_run_them():
                         timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "Total params 719,034" in proc.stdout
+
+
+# docs/design.md, "TensorFlow stays at the edge": the GPU machines have no TensorFlow.
+IMPORT_TENSORFLOW = ("mobilenet_jax.data.", "mobilenet_jax.interop.",
+                     "mobilenet_jax.peers.keras_peer", "mobilenet_jax.peers.tf_data_pipeline",
+                     "mobilenet_jax.studies.keras_digits", "mobilenet_jax.tools.prepare_data",
+                     "mobilenet_jax.tools.input_benchmark")
+
+
+def test_only_the_edge_imports_tensorflow():
+  import ast
+  for module in source_modules():
+    path = os.path.join(ROOT, *module.split(".")) + ".py"
+    if not os.path.exists(path):
+      continue
+    names = set()
+    for node in ast.walk(ast.parse(open(path).read())):
+      if isinstance(node, ast.Import):
+        names |= {a.name.split(".")[0] for a in node.names}
+      elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+        names.add(node.module.split(".")[0])
+    if names & {"tensorflow", "tensorflow_datasets", "keras", "tf_keras"}:
+      assert module.startswith(IMPORT_TENSORFLOW), f"{module} imports TensorFlow"
