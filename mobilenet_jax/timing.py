@@ -4,6 +4,23 @@ check and the TFLite export's latency."""
 import statistics
 import time
 
+# The instruction sets that decide a CPU's speed here: oneDNN (Keras, PyTorch)
+# uses AVX-512 and AMX where present, which XLA's CPU backend mostly does not.
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+
+
+def host_cpu() -> dict:
+  """The CPU's model name and which of CPU_FLAGS it has (Linux; empty elsewhere)."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      text = f.read()
+  except OSError:
+    return {"model": "", "flags": []}
+  fields = dict(line.split(":", 1) for line in text.splitlines()[:40] if ":" in line)
+  fields = {k.strip(): v.strip() for k, v in fields.items()}
+  have = set(fields.get("flags", "").split())
+  return {"model": fields.get("model name", ""), "flags": [f for f in CPU_FLAGS if f in have]}
+
 
 def time_steps(step, warmup: int, steps: int):
   """Runs `step` (which must block until its result is ready) warmup + steps

@@ -42,6 +42,8 @@ def test_json_has_the_figures_and_no_tensorflow_is_imported():
     assert m["step_ms_min"] <= m["step_ms_median"] <= m["step_ms_max"]
     assert abs(m["img_per_s"] - 4 / (m["step_ms_median"] / 1e3)) < 1e-6 * m["img_per_s"]
     assert m["timed_steps"] == 4  # 2 steps in each of 2 rounds, pooled
+    slowest, fastest = m["round_img_per_s"]  # each round's own median
+    assert slowest <= fastest and slowest <= m["img_per_s"] * 1.5
   assert result["img_per_s"] == result["train"]["img_per_s"]  # training leads
   assert result["madds"] > 0
   assert result["rounds"] == 2
@@ -81,6 +83,18 @@ def peer_run(train_img_s):
   return {"peer": "torch", "train": {"img_per_s": train_img_s, "step_ms_median": 1.0}}
 
 
+def test_host_cpu_names_the_model_and_the_flags_that_matter(monkeypatch, tmp_path):
+  from mobilenet_jax import timing
+  cpuinfo = tmp_path / "cpuinfo"
+  cpuinfo.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Gold 6438Y+\n"
+                     "flags\t\t: fpu sse2 avx2 avx512f amx_tile amx_bf16\n")
+  real_open = open
+  monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(
+      cpuinfo if path == "/proc/cpuinfo" else path, *a, **k))
+  assert timing.host_cpu() == {"model": "Intel(R) Xeon(R) Gold 6438Y+",
+                               "flags": ["avx2", "avx512f", "amx_tile", "amx_bf16"]}
+
+
 def test_peer_ratios_are_medians_of_same_round_ratios():
   from mobilenet_jax.tools import benchmark
   ours = [{"train": {"img_per_s": v}} for v in (10.0, 20.0, 12.0)]
@@ -89,6 +103,7 @@ def test_peer_ratios_are_medians_of_same_round_ratios():
   assert entry["ratio_ours_to_peer"]["train"] == 1.2
   assert entry["ratio_range"]["train"] == [1.0, 2.0]
   assert entry["train"]["img_per_s"] == 10.0  # the peer's median over rounds
+  assert entry["train"]["round_img_per_s"] == [5.0, 20.0]  # its slowest and fastest
   assert entry["rounds"] == 3 and "failed_rounds" not in entry
 
 

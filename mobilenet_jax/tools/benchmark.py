@@ -143,6 +143,7 @@ def prepare_jax(output_stride: int, depthwise_impl: str) -> tuple:
             "backend": jax.default_backend(), "device_kind": device.device_kind,
             "num_devices": mesh.size, "jax": jax.__version__,
             "hugepages": hugepages.active(), "rounds": FLAGS.rounds,
+            "cpu": timing.host_cpu(),
             "output_stride": output_stride, "depthwise_impl": depthwise_impl,
             "madds": madds.count(model_config, size)["madds"]}
   timers, holder = {}, [state]  # the latest state: training donates the previous one
@@ -225,6 +226,9 @@ def finish_jax(result: dict, rounds: list) -> dict:
     steps_s = [t for r in rounds for t in r[mode]]
     result[mode].update(timing.summarize(steps_s, images_per_step(mode)),
                         timed_steps=len(steps_s))
+    # What a user sees from run to run: each round's own median, slowest and fastest.
+    per_round = [images_per_step(mode) / statistics.median(r[mode]) for r in rounds]
+    result[mode]["round_img_per_s"] = [min(per_round), max(per_round)]
   if "seeds" in result:  # speedup > 1: training the seeds together is faster
     per_round = [statistics.median(r["train"]) * FLAGS.vmap_seeds / statistics.median(r["seeds"])
                  for r in rounds]
@@ -284,6 +288,8 @@ def combine_peer(runs: list, ours_per_round: list) -> dict:
                    for k in ok[0][0][mode]}
     entry["ratio_ours_to_peer"][mode] = statistics.median(values)
     entry["ratio_range"][mode] = [min(values), max(values)]
+    rounds = [run[mode]["img_per_s"] for run, _ in ok]
+    entry[mode]["round_img_per_s"] = [min(rounds), max(rounds)]
   entry["rounds"] = len(ok)
   if len(ok) < len(runs):
     entry["failed_rounds"] = [run["error"] for run in runs if "error" in run]
@@ -297,6 +303,9 @@ def print_table(result: dict):
         f"jax {result['jax']}, huge pages {'on' if result['hugepages'] else 'off'}"
         + (f", {result['rounds']} rounds (ratios: median over rounds)"
            if result["rounds"] > 1 else ""))
+  cpu = result.get("cpu") or {}
+  if cpu.get("model"):
+    print(f"CPU {cpu['model']} ({', '.join(cpu['flags']) or 'no AVX2'})")
   rows = [("mobilenet_jax", result)] + [(p["peer"], p) for p in result.get("peers", [])]
   variants = result.get("variants", [])
   print(f"{'system':<16}{'mode':<7}{'img/s':>9}{'median ms':>11}{'min ms':>9}"
@@ -312,6 +321,8 @@ def print_table(result: dict):
       m = r[mode]
       ratio = r.get("ratio_ours_to_peer", {}).get(mode, 1.0)
       spread = "-".join(f"{v:.2f}" for v in r.get("ratio_range", {}).get(mode, []))
+      if result["rounds"] > 1 and "round_img_per_s" in m:
+        spread += " (rounds {:.1f}-{:.1f} img/s)".format(*m["round_img_per_s"])
       compile_s = f"{m['compile_s']:.1f}" if "compile_s" in m else "-"
       print(f"{name:<16}{mode:<7}{m['img_per_s']:>9.1f}{m['step_ms_median']:>11.1f}"
             f"{m['step_ms_min']:>9.1f}{m['step_ms_max']:>9.1f}{compile_s:>11}"
