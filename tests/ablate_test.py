@@ -204,6 +204,7 @@ def test_killed_sweep_finishes_without_redoing_runs(tmp_path):
   args = [sys.executable, "-m", "mobilenet_jax.tools.ablate", "--sweep", str(sweep_file),
           "--workdir", str(workdir)]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)  # ablate's own cache is tested below
   first = workdir / "relu6" / "seed_0" / "results.json"
   proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)

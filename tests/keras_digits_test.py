@@ -88,8 +88,8 @@ def test_project_init_starts_keras_where_the_project_run_starts(activation):
   net = steps.create_model(config.model)
   state = steps.create_train_state(net, 32, optax.identity(), jax.random.key(3), ema=False)
   x = np.random.RandomState(0).uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32)
-  ours, _ = net.apply({"params": state.params, "batch_stats": state.batch_stats}, x,
-                      train=True, mutable=["batch_stats"])
+  apply = jax.jit(lambda v, x: net.apply(v, x, train=True, mutable=["batch_stats"]))
+  ours, _ = apply({"params": state.params, "batch_stats": state.batch_stats}, x)
   ours = np.asarray(ours)
   assert np.abs(ours).max() > 0.1  # logits large enough to tell networks apart
   project = keras_digits.build_from_config(config, init="project")
