@@ -13,9 +13,9 @@ from mobilenet_jax.errors import ConfigError
 OVERRIDE = "--config."
 
 
-def fail(message: str):
+def fail(message: str, status: int = 2):
   print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
+  sys.exit(status)
 
 
 def unknown_key(config, path: str):
@@ -42,9 +42,17 @@ def config_file_arg(argv):
 
 
 def load_config(spec: str):
-  """Runs get_config(arg) of a config file given as "path[:arg]"."""
+  """Runs get_config(arg) of a config file given as "path[:arg]"; a missing
+  file or function is a ConfigError naming the fix."""
   path, _, arg = spec.partition(":")
-  get_config = runpy.run_path(path)["get_config"]
+  if not os.path.isfile(path):
+    raise ConfigError(f"config file {path!r} does not exist; pass a config file "
+                      "such as --config configs/default.py.")
+  get_config = runpy.run_path(path).get("get_config")
+  if not callable(get_config):
+    raise ConfigError(f"config file {path!r} does not define get_config(); a "
+                      "config file defines get_config() returning the config, as "
+                      "configs/default.py does.")
   return get_config(arg) if arg else get_config()
 
 
@@ -62,6 +70,8 @@ def parse_flags(argv):
       fail(message)
     try:
       config = load_config(spec)
+    except ConfigError as load_error:
+      fail(str(load_error))
     except Exception as load_error:
       fail(f"cannot load config {spec!r}: {load_error}".splitlines()[0])
     for arg in argv[1:]:
@@ -73,20 +83,29 @@ def parse_flags(argv):
 
 
 class QuietLibraries:
-  """Drops the INFO chatter of orbax so the progress lines stay readable."""
+  """Drops the INFO chatter of orbax so the progress lines stay readable, and
+  the tracebacks orbax logs for exceptions that it then raises: the run
+  reports those itself, in one line."""
 
   def filter(self, record) -> bool:
-    return record.levelno > py_logging.INFO or "/orbax/" not in record.pathname
+    if "/orbax/" not in record.pathname:
+      return True
+    return record.levelno > py_logging.INFO and not record.exc_info
 
 
 def run(main):
-  """absl's app.run, with ConfigError printed as one line and exit status 2."""
+  """absl's app.run, with ConfigError printed as one line and exit status 2,
+  and a failed write to the workdir (a full disk) as one line and status 1."""
+  from mobilenet_jax.training.workdir import WriteError  # no JAX: stays light
+
   def guarded(argv):
     logging.get_absl_logger().addFilter(QuietLibraries())
     try:
       return main(argv)
     except ConfigError as e:
       fail(str(e))
+    except WriteError as e:
+      fail(str(e), status=1)
   app.run(guarded, flags_parser=parse_flags)
 
 

@@ -18,6 +18,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from mobilenet_jax import cli, defaults, parallel
+from mobilenet_jax.training import workdir
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
@@ -42,6 +43,7 @@ def main(argv):
                                   FLAGS.distributed_timeout_s,
                                   FLAGS.heartbeat_timeout_s)
   defaults.validate(FLAGS.config)  # one line for a bad value, before anything runs
+  workdir.check(FLAGS.workdir)  # and for a bad path, before TensorFlow is imported
   logging.info("Config:\n%s", FLAGS.config)
   from mobilenet_jax.training import loop  # TensorFlow (clu, TFDS) only past the checks
   try:

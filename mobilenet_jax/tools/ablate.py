@@ -18,7 +18,8 @@ A sweep file defines `get_sweep()` returning a dict:
 Every (variant, seed) is one run in WORKDIR/<variant>/seed_<seed>, trained
 one after another on the local devices. A run with a results.json is done
 and skipped; an interrupted one resumes from its checkpoints. So after a
-crash the same command finishes the sweep without redoing finished runs.
+crash the same command finishes the sweep without redoing finished runs;
+a second ablate on a WORKDIR in use stops with one line naming the holder.
 The runs share JAX's persistent compilation cache in WORKDIR/compilation_cache
 (unless JAX_COMPILATION_CACHE_DIR names another): every seed of a variant,
 and a resumed run, compiles the same programs, so only the first compiles.
@@ -40,6 +41,7 @@ from typing import Dict, List, NamedTuple
 from absl import flags, logging
 
 from mobilenet_jax import cli, defaults, records
+from mobilenet_jax.training import workdir as workdir_lib
 from mobilenet_jax.tools import report
 from mobilenet_jax.errors import ConfigError
 
@@ -232,6 +234,9 @@ def main(argv):
     overrides[key] = parse_value(value)
   seeds = [int(s) for s in FLAGS.seeds] if FLAGS.seeds else None
   runs = expand(sweep, overrides, seeds)
+  check_report_keys(sweep, runs)  # before the lock below creates the directory
+  # One sweep per directory at a time (each run also locks its own).
+  sweep_lock = workdir_lib.claim(FLAGS.workdir)  # noqa: F841  (held to the end)
   write_sweep_record(FLAGS.workdir, sweep, runs)
   # The progress lines are the console output; each run's train.log keeps
   # the full log.

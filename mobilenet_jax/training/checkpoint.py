@@ -3,9 +3,17 @@
 Orbax writes each step to a temporary directory and renames it when complete,
 so an interrupted save (SIGKILL, full disk) never leaves a checkpoint that
 restores to garbage: the latest complete step is what `latest_meta` finds.
+A failed save is one WriteError; a step that cannot be read is renamed aside
+(`set_aside`), never deleted.
 """
 
+import contextlib
+import glob
+import logging as py_logging
 import os
+import shutil
+import sys
+import traceback
 from typing import Any, Optional, Tuple
 
 import flax
@@ -16,13 +24,77 @@ import orbax.checkpoint as ocp
 
 from mobilenet_jax.errors import ConfigError
 from mobilenet_jax.training import run
+from mobilenet_jax.training.workdir import WriteError, describe
 
+DAMAGED = ".damaged"  # a suffix orbax's step names (digits only) never match
+
+
+class Unreadable(Exception):
+  """A part of a checkpoint cannot be read; the message says which and why."""
+
+
+@contextlib.contextmanager
+def reading(part: str):
+  """Turns a failure to read `part` ("state", "meta", "input") of a checkpoint
+  into Unreadable. A ConfigError (the checkpoint is of another model) is not
+  damage and passes through."""
+  try:
+    yield
+  except ConfigError:
+    raise
+  except Exception as e:
+    raise Unreadable(f"{part}: {describe(e)}") from e
 
 
 def create_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+  """Saves are synchronous (`save` waits for them anyway): a failed write is
+  then one exception here, not tracebacks from orbax's background threads.
+  Temporary directories of saves that never finished are removed."""
+  drop_late_write_callbacks()
   return ocp.CheckpointManager(
       os.path.abspath(os.path.join(workdir, "checkpoints")),
-      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=keep, create=True, enable_async_checkpointing=False,
+          cleanup_tmp_directories=True))
+
+
+class OrbaxTasksLeftBehind(py_logging.Filter):
+  """Drops asyncio's "Task (or Future) exception was never retrieved" for
+  orbax's writes: the ones a failed save left behind, reported at exit."""
+
+  def filter(self, record) -> bool:
+    if "exception was never retrieved" not in record.getMessage():
+      return True
+    error = record.exc_info[1] if record.exc_info else None
+    frames = traceback.extract_tb(error.__traceback__) if error is not None else []
+    return not ("/orbax/" in record.getMessage()
+                or any("/orbax/" in frame.filename for frame in frames))
+
+
+def drop_late_write_callbacks():
+  """Quiets what the other writes of a save that failed (a full disk) print.
+
+  Orbax's event loop ends with the first write's error while TensorStore's
+  other writes are still going. Each of them then fails to report back to
+  the closed loop ("Event loop is closed", through sys.unraisablehook from
+  TensorStore's threads), and asyncio reports their tasks at exit; dozens of
+  tracebacks that bury the one line `save` prints. Exactly those are
+  dropped; anything else passes as before."""
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_late_write_callbacks", False):
+    return
+
+  def hook(unraisable):
+    tb = unraisable.exc_traceback
+    if (unraisable.exc_type is RuntimeError
+        and str(unraisable.exc_value) == "Event loop is closed"
+        and tb is not None and tb.tb_frame.f_code.co_name == "call_soon_threadsafe"):
+      return
+    previous(unraisable)
+
+  hook.drops_late_write_callbacks = True
+  sys.unraisablehook = hook
+  py_logging.getLogger("asyncio").addFilter(OrbaxTasksLeftBehind())
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, meta: dict,
@@ -33,8 +105,28 @@ def save(manager: ocp.CheckpointManager, step: int, state, meta: dict,
   items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
   if input_iterator is not None:
     items["input"] = grain.checkpoint.CheckpointSave(input_iterator)
-  manager.save(step, args=ocp.args.Composite(**items), force=True)
-  manager.wait_until_finished()
+  try:
+    manager.save(step, args=ocp.args.Composite(**items), force=True)
+    manager.wait_until_finished()
+  except Exception as e:  # a full disk, a lost mount: whatever the writer raised
+    remove_unfinished(manager, step)
+    latest = manager.latest_step()
+    raise WriteError(
+        f"cannot save checkpoint step {step}: {describe(e, str(manager.directory))}. "
+        + (f"Step {latest}, the last complete checkpoint, is intact; free space "
+           "(or fix the cause) and run the same command again to resume."
+           if latest is not None else "No checkpoint was saved before; free "
+           "space (or fix the cause) and run the same command again.")) from None
+
+
+def remove_unfinished(manager: ocp.CheckpointManager, step: int):
+  """Removes what a failed save of `step` left in orbax's temporary directory
+  (never a complete step): it frees the space and no resume reads it."""
+  if jax.process_index() != 0:
+    return
+  for path in glob.glob(os.path.join(str(manager.directory),
+                                     f"{step}.orbax-checkpoint-tmp*")):
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def restore_input(manager: ocp.CheckpointManager, step: int, input_iterator):
@@ -43,13 +135,38 @@ def restore_input(manager: ocp.CheckpointManager, step: int, input_iterator):
       input=grain.checkpoint.CheckpointRestore(input_iterator)))
 
 
+def restore_meta(manager: ocp.CheckpointManager, step: int) -> dict:
+  return manager.restore(step, args=ocp.args.Composite(
+      meta=ocp.args.JsonRestore()))["meta"]
+
+
+def set_aside(manager: ocp.CheckpointManager, step: int) -> str:
+  """Renames checkpoint `step` to `<step>.damaged` (or .damaged.2, ...),
+  which orbax does not take for a step, and returns the new path. Process 0
+  renames; every process then forgets the step."""
+  source = os.path.join(str(manager.directory), str(step))
+  target, n = source + DAMAGED, 1
+  while os.path.exists(target):
+    n += 1
+    target = f"{source}{DAMAGED}.{n}"
+  sync = lambda name: None
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    sync = multihost_utils.sync_global_devices
+  sync(f"set_aside_{step}_named")  # every process has looked before the rename
+  if jax.process_index() == 0:
+    os.rename(source, target)
+  sync(f"set_aside_{step}_renamed")
+  manager.reload()
+  return target
+
+
 def latest_meta(manager: ocp.CheckpointManager) -> Tuple[Optional[int], Optional[dict]]:
   """(step, meta) of the latest checkpoint, or (None, None) if there is none."""
   step = manager.latest_step()
   if step is None:
     return None, None
-  return step, manager.restore(step, args=ocp.args.Composite(
-      meta=ocp.args.JsonRestore()))["meta"]
+  return step, restore_meta(manager, step)
 
 
 def restore_state(manager: ocp.CheckpointManager, step: int, abstract_state):

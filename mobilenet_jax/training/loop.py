@@ -1,27 +1,33 @@
 """Training and evaluation: small functions, and the loop that joins them.
 
-train_and_evaluate(config, workdir) is the whole job: input pipeline, model,
-optimizer, checkpoint (resume), the loop of data-parallel train steps with
-periodic evaluation, and results.json.
+train_and_evaluate(config, workdir) is the whole job: it takes the workdir
+(training/workdir.py), sets up input pipeline, model and optimizer, then
+init_or_restore (a fresh or warm-started state, or the newest checkpoint that
+restores), train (the loop of data-parallel steps with periodic evaluation
+and checkpoints) or evaluate_only, and write_results (results.json).
 """
 
+import dataclasses
 import functools
+import logging as py_logging
 import math
 import os
 import signal
 import time
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 
 from mobilenet_jax import defaults, madds, parallel, records
 from mobilenet_jax.training import checkpoint, optim, run
+from mobilenet_jax.training import workdir as workdir_lib
 from mobilenet_jax.errors import ConfigError
 from mobilenet_jax.training.steps import (TrainState, config_models, create_train_state,
                                           eval_step, state_from, train_step)
@@ -33,6 +39,18 @@ class TrainingError(RuntimeError):
 
 class Preempted(RuntimeError):
   """SIGTERM arrived; a checkpoint was saved and the run can be resumed."""
+
+
+@dataclasses.dataclass
+class Job:
+  """What the parts of one run share, set up once before its first step."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  mesh: jax.sharding.Mesh
+  builder: Any  # the TFDS builder; None for synthetic data
+  manager: ocp.CheckpointManager
+  writer: metric_writers.MetricWriter
+  num_steps: int
 
 
 # --------------------------------------------------------------- the data ---
@@ -85,8 +103,7 @@ def train_iterator(config, builder, mesh, first_step: int, end_step: int):
                                       per_device, first_step, end_step)
 
 
-def resume_input(config, builder, mesh, manager, saved_step, meta, start_step,
-                 num_steps):
+def resume_input(job: "Job", saved_step: Optional[int], meta: dict, start_step: int):
   """The training stream from `start_step` on, and its record for the meta.
 
   With the layout it was saved in, the stream is rebuilt as it was and its
@@ -94,17 +111,19 @@ def resume_input(config, builder, mesh, manager, saved_step, meta, start_step,
   change of layout (devices, batch, workers) it starts at `start_step`'s
   position, which is the same data.
   """
+  config, builder, mesh = job.config, job.builder, job.mesh
   layout = input_layout(config, mesh)
   saved = (meta or {}).get("input")
   if builder is not None and saved and saved["layout"] == layout:
-    train_iter = train_iterator(config, builder, mesh, saved["first_step"], num_steps)
-    checkpoint.restore_input(manager, saved_step, train_iter)
+    train_iter = train_iterator(config, builder, mesh, saved["first_step"], job.num_steps)
+    with checkpoint.reading("input"):
+      checkpoint.restore_input(job.manager, saved_step, train_iter)
     return train_iter, saved
   if saved:
     logging.info("Input layout changed from %s to %s: the data stream starts at "
                  "step %d's position.", saved["layout"], layout, start_step)
   record = {"layout": layout, "first_step": start_step}
-  return train_iterator(config, builder, mesh, start_step, num_steps), record
+  return train_iterator(config, builder, mesh, start_step, job.num_steps), record
 
 
 def steps_per_epoch(config, builder) -> int:
@@ -186,14 +205,32 @@ def first_bad_step(losses: List[jax.Array], first_step: int) -> Optional[int]:
   return first_step + int(bad[0]) if bad.size else None
 
 
+class LogFile(py_logging.FileHandler):
+  """workdir/train.log. A line that cannot be written (a full disk) is
+  dropped without logging's traceback on stderr: the run goes on, and a
+  checkpoint save that fails for the same reason says so in one line."""
+
+  def handleError(self, record):
+    del record
+
+
 def add_log_file(workdir: str):
   """Also writes the log (metrics included) to workdir/train.log as text."""
-  import logging as py_logging
-  handler = py_logging.FileHandler(os.path.join(workdir, "train.log"))
+  handler = LogFile(os.path.join(workdir, "train.log"))
   handler.setFormatter(py_logging.Formatter(
       f"%(asctime)s [p{jax.process_index()}] %(message)s"))
   logging.get_absl_logger().addHandler(handler)
   return handler
+
+
+def flush(writer, workdir: str):
+  """Flushes the TensorBoard events. A failure (a full disk) is a warning:
+  the checkpoints, not the events, are what a resume needs."""
+  try:
+    writer.flush()
+  except Exception as e:
+    logging.warning("cannot write the TensorBoard events in %s: %s", workdir,
+                    workdir_lib.describe(e))
 
 
 class SigtermFlag:
@@ -211,22 +248,206 @@ class SigtermFlag:
     signal.signal(signal.SIGTERM, self._previous)
 
 
+# -------------------------------------------------------- init or resume ---
+
+def init_or_restore(job: Job, eval_model, tx):
+  """(state, meta, training stream) to start from: the newest checkpoint in
+  the workdir that restores, else a new state (with config.init_from's
+  weights, if given) at step 0."""
+  config = job.config
+  state = create_train_state(eval_model, config.image_size, tx, jax.random.key(config.seed),
+                             ema=config.ema_decay > 0)
+  if config.init_from and job.manager.latest_step() is None:
+    state = warm_start(state, config, tx)
+  state = parallel.replicate(state, job.mesh)
+  restored = restore_newest(job, state)
+  if restored is not None:
+    return restored
+  meta = run.new_meta(config)
+  train_iter, meta["input"] = resume_input(job, None, meta, 0)
+  return state, meta, train_iter
+
+
+def restore_newest(job: Job, like: TrainState):
+  """(state, meta, training stream) of the newest checkpoint that restores,
+  or None where there is none.
+
+  A newer step that cannot be read is renamed aside (kept, never deleted)
+  with one warning. If no step restores, nothing is renamed and the run
+  stops with one line listing what was tried: starting over would hide the
+  damage, and the next run would say the same.
+  """
+  tried = []
+  for step in sorted(job.manager.all_steps(), reverse=True):
+    try:
+      restored, error = restore_step(job, step, like), None
+    except checkpoint.Unreadable as e:
+      restored, error = None, e
+    if workdir_lib.agree(error is None):  # every process resumes from one step
+      for bad, why in tried:
+        kept = checkpoint.set_aside(job.manager, bad)
+        logging.warning("checkpoint step %d cannot be read (%s); kept as %s, "
+                        "resuming from step %d.", bad, why, kept, step)
+      logging.info("Resumed from step %d in %s.", int(restored[0].step), job.workdir)
+      return restored
+    tried.append((step, str(error) if error else "unreadable on another process"))
+  if tried:
+    raise workdir_lib.WorkdirError(
+        f"no checkpoint in {job.manager.directory} can be read: "
+        + "; ".join(f"step {s} ({why})" for s, why in tried)
+        + ". Nothing was changed: restore the checkpoints from a copy, or move "
+        "the directory aside to start the run over.")
+  return None
+
+
+def restore_step(job: Job, step: int, like: TrainState):
+  """Checkpoint `step` as one unit: its meta (checked against the config),
+  state and input position, each read in full (checkpoint.Unreadable if
+  one cannot be)."""
+  with checkpoint.reading("meta"):
+    meta = checkpoint.restore_meta(job.manager, step)
+  run.check_resumable(meta, job.config, job.workdir)
+  with checkpoint.reading("state"):
+    state = checkpoint.restore_state(job.manager, step, like)
+  train_iter, meta["input"] = resume_input(job, step, meta, int(state.step))
+  return state, meta, train_iter
+
+
 # -------------------------------------------------------------- the loop ---
 
+def train(job: Job, p_train, p_eval, schedule, state: TrainState, meta: dict,
+          train_iter) -> TrainState:
+  """Steps state.step + 1 .. num_steps, logging, evaluating and saving as the
+  config says. On SIGTERM it saves at once and raises Preempted."""
+  config, manager, writer = job.config, job.manager, job.writer
+  start_step, num_steps = int(state.step), job.num_steps
+  report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
+  sigterm = SigtermFlag()
+  losses, checked_step, train_metrics = [], start_step, []
+  t0 = time.time() - meta["train_time_s"]
+  try:
+    for step in range(start_step + 1, num_steps + 1):
+      batch = parallel.shard_batch(next(train_iter), job.mesh)
+      state, metrics = p_train(state, batch)
+      losses.append(metrics["loss"])
+      train_metrics.append(metrics)
+      report(step)
+      last = step == num_steps
+      log_now = step % config.log_every_steps == 0 or last
+      eval_now = job.builder is not None and (step % config.eval_every_steps == 0 or last)
+      save_now = step % config.checkpoint_every_steps == 0 or last or sigterm.received
+      if log_now or eval_now or save_now:  # a device sync: only when needed
+        check_finite(job, losses, checked_step + 1)
+        losses, checked_step = [], step
+      if log_now:
+        log_train_metrics(job, step, train_metrics, schedule)
+        train_metrics = []
+      if eval_now:
+        with report.timed("eval"):
+          result = evaluate(p_eval, state, config, job.builder, job.mesh)
+        writer.write_scalars(step, result)
+        meta["history"].append({"step": step, **result})
+        logging.info("step %d eval: %s", step, ", ".join(
+            f"{k} {v:.4f}" for k, v in result.items()))
+      if save_now:
+        meta["train_time_s"] = time.time() - t0
+        with report.timed("checkpoint"):
+          checkpoint.save(manager, step, state, meta,
+                          train_iter if job.builder is not None else None)
+      if sigterm.received:
+        raise Preempted(f"SIGTERM: saved step {step} in {job.workdir}; run the same "
+                        "command again to resume.")
+  finally:
+    sigterm.restore()
+    flush(writer, job.workdir)
+  return state
+
+
+def check_finite(job: Job, losses: List[jax.Array], first_step: int):
+  bad = first_bad_step(losses, first_step)
+  if bad is not None:
+    raise TrainingError(
+        f"loss is not finite at step {bad}; stopped. The last good checkpoint "
+        f"(step {job.manager.latest_step()}) in {job.workdir} is intact; lower "
+        "config.learning_rate or set config.grad_clip_norm.")
+
+
+def log_train_metrics(job: Job, step: int, train_metrics: list, schedule):
+  summary = jax.tree.map(lambda *x: float(np.mean(x)), *jax.device_get(train_metrics))
+  summary["learning_rate"] = float(schedule(step - 1))
+  job.writer.write_scalars(step, {f"train_{k}": v for k, v in summary.items()})
+  logging.info("step %d/%d: loss %.4f, accuracy %.3f, lr %.3g", step, job.num_steps,
+               summary["loss"], summary["accuracy"], summary["learning_rate"])
+
+
+def evaluate_only(job: Job, p_eval, state: TrainState, meta: dict):
+  """config.eval_only: one evaluation of the restored (or init_from's)
+  weights, recorded in the results; nothing is trained or saved."""
+  step = int(state.step)
+  meta["history"].append(
+      {"step": step, **evaluate(p_eval, state, job.config, job.builder, job.mesh)})
+  logging.info("eval only, step %d: %s", step, meta["history"][-1])
+  flush(job.writer, job.workdir)
+
+
+def write_results(job: Job, meta: dict, steps: int) -> dict:
+  """results.json (process 0): the run's final metrics and history."""
+  config = job.config
+  results = {
+      "config": config.to_dict(),
+      "num_devices": jax.device_count(),
+      "num_processes": jax.process_count(),
+      "device_kind": jax.devices()[0].device_kind,
+      "global_batch_size": train_batch_size(config),
+      "steps": steps,
+      "train_time_s": meta["train_time_s"],
+      **madds.count(config.model, config.image_size),
+      **(meta["history"][-1] if meta["history"] else {}),
+      "history": meta["history"],
+  }
+  results.pop("step", None)
+  if jax.process_index() == 0:
+    try:
+      records.write_results(job.workdir, results)
+    except OSError as e:
+      partial = records.results_path(job.workdir) + ".tmp"
+      if os.path.exists(partial):
+        os.remove(partial)
+      raise workdir_lib.WriteError(
+          f"cannot write the results: {workdir_lib.describe(e)}. The checkpoints "
+          f"in {job.workdir} are intact: free space (or fix the cause) and run "
+          "the same command again to write them.") from None
+  return results
+
+
+# --------------------------------------------------------------- the run ---
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains config's model on config's data, evaluating; returns the results."""
+  """Trains config's model on config's data, evaluating; returns the results.
+
+  The run owns `workdir` while it lasts: a second run there is refused, and
+  a bad path is one line before anything is compiled.
+  """
   defaults.validate(config)  # before anything is written
-  os.makedirs(workdir, exist_ok=True)
+  with workdir_lib.Owner(workdir):
+    log_handler = add_log_file(workdir)
+    try:
+      return run_in_workdir(config, workdir)
+    finally:
+      logging.get_absl_logger().removeHandler(log_handler)
+      log_handler.close()
+
+
+def run_in_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """train_and_evaluate, once the workdir is this run's."""
   is_main = jax.process_index() == 0
-  log_handler = add_log_file(workdir)
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
 
   # Model, optimizer, state.
   mesh = parallel.create_mesh()
-  global_batch = train_batch_size(config)
-  eval_batch_size(config)  # checked before any work is done
+  train_batch_size(config)  # both batch sizes checked before any work is done
+  eval_batch_size(config)
   model, eval_model = config_models(config, parallel.platform(mesh))
-  counts = madds.count(config.model, config.image_size)
   manager = checkpoint.create_manager(workdir, config.keep_checkpoints)
 
   # The data decides the epoch length, so it comes before the optimizer;
@@ -237,100 +458,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   num_steps = total_steps(config, per_epoch)
   tx, schedule = optim.create_optimizer(config, per_epoch, num_steps,
                                        frozen_bn=model.frozen_bn_paths())
-  state = create_train_state(eval_model, config.image_size, tx, jax.random.key(config.seed),
-                             ema=config.ema_decay > 0)
-  if config.init_from and manager.latest_step() is None:
-    state = warm_start(state, config, tx)
-  state = parallel.replicate(state, mesh)
-  saved_step, meta = checkpoint.latest_meta(manager)
-  if saved_step is None:
-    meta = run.new_meta(config)
-  else:
-    run.check_resumable(meta, config, workdir)
-    state = checkpoint.restore_state(manager, saved_step, state)
-    logging.info("Resumed from step %d in %s.", int(state.step), workdir)
-  start_step = int(state.step)
-  train_iter, meta["input"] = resume_input(config, builder, mesh, manager, saved_step,
-                                           meta, start_step, num_steps)
-  if start_step == 0 and is_main:
+  job = Job(config, workdir, mesh, builder, manager, writer, num_steps)
+  state, meta, train_iter = init_or_restore(job, eval_model, tx)
+  if int(state.step) == 0 and is_main:
     parameter_overview.log_parameter_overview(state.params)
     writer.write_hparams({k: v for k, v in flax.traverse_util.flatten_dict(
         config.to_dict(), sep=".").items() if isinstance(v, (int, float, str, bool))})
 
+  p_eval = parallel.data_parallel(functools.partial(eval_step, model=eval_model), mesh)
+  if config.eval_only:  # evaluation at the restored step is the whole run
+    evaluate_only(job, p_eval, state, meta)
+    return write_results(job, meta, int(state.step))
   p_train = parallel.data_parallel(
       functools.partial(train_step, model=model, tx=tx,
                         label_smoothing=config.label_smoothing, ema_decay=config.ema_decay),
       mesh, donate_state=True)
-  p_eval = parallel.data_parallel(
-      functools.partial(eval_step, model=eval_model), mesh)
-
-  if config.eval_only:  # the loop below then does nothing
-    num_steps = start_step
-    meta["history"].append({"step": start_step, **evaluate(p_eval, state, config, builder, mesh)})
-    logging.info("eval only, step %d: %s", start_step, meta["history"][-1])
-  report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
-  sigterm = SigtermFlag()
-  losses, checked_step, train_metrics = [], start_step, []
-  t0 = time.time() - meta["train_time_s"]
-  try:
-    for step in range(start_step + 1, num_steps + 1):
-      batch = parallel.shard_batch(next(train_iter), mesh)
-      state, metrics = p_train(state, batch)
-      losses.append(metrics["loss"])
-      train_metrics.append(metrics)
-      report(step)
-      last = step == num_steps
-      log_now = step % config.log_every_steps == 0 or last
-      eval_now = builder is not None and (step % config.eval_every_steps == 0 or last)
-      save_now = step % config.checkpoint_every_steps == 0 or last or sigterm.received
-      if log_now or eval_now or save_now:
-        bad = first_bad_step(losses, checked_step + 1)
-        if bad is not None:
-          raise TrainingError(
-              f"loss is not finite at step {bad}; stopped. The last good checkpoint "
-              f"(step {manager.latest_step()}) in {workdir} is intact; lower "
-              "config.learning_rate or set config.grad_clip_norm.")
-        losses, checked_step = [], step
-      if log_now:
-        summary = jax.tree.map(lambda *x: float(np.mean(x)), *jax.device_get(train_metrics))
-        summary["learning_rate"] = float(schedule(step - 1))
-        writer.write_scalars(step, {f"train_{k}": v for k, v in summary.items()})
-        logging.info("step %d/%d: loss %.4f, accuracy %.3f, lr %.3g", step, num_steps,
-                     summary["loss"], summary["accuracy"], summary["learning_rate"])
-        train_metrics = []
-      if eval_now:
-        with report.timed("eval"):
-          result = evaluate(p_eval, state, config, builder, mesh)
-        writer.write_scalars(step, result)
-        meta["history"].append({"step": step, **result})
-        logging.info("step %d eval: %s", step, ", ".join(
-            f"{k} {v:.4f}" for k, v in result.items()))
-      if save_now:
-        meta["train_time_s"] = time.time() - t0
-        with report.timed("checkpoint"):
-          checkpoint.save(manager, step, state, meta,
-                          train_iter if builder is not None else None)
-      if sigterm.received:
-        raise Preempted(f"SIGTERM: saved step {step} in {workdir}; run the same "
-                        "command again to resume.")
-  finally:
-    sigterm.restore()
-    writer.flush()
-
-  results = {
-      "config": config.to_dict(),
-      "num_devices": jax.device_count(),
-      "num_processes": jax.process_count(),
-      "device_kind": jax.devices()[0].device_kind,
-      "global_batch_size": global_batch,
-      "steps": num_steps,
-      "train_time_s": meta["train_time_s"],
-      **counts,
-      **(meta["history"][-1] if meta["history"] else {}),
-      "history": meta["history"],
-  }
-  results.pop("step", None)
-  if is_main:
-    records.write_results(workdir, results)
-  logging.get_absl_logger().removeHandler(log_handler)
-  return results
+  train(job, p_train, p_eval, schedule, state, meta, train_iter)
+  return write_results(job, meta, num_steps)
