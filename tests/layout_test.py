@@ -102,7 +102,8 @@ MAY_NOT_IMPORT = {
                           "madds", "parallel", "cli"),
     "mobilenet_jax.models": ("training", "data", "interop", "peers", "defaults", "cli"),
     "mobilenet_jax.data": ("models", "training", "interop", "peers", "defaults", "cli"),
-    "mobilenet_jax.training": ("interop", "peers", "cli"),
+    # The config is validated at the entry points, once (not again in the loop).
+    "mobilenet_jax.training": ("interop", "peers", "cli", "defaults"),
     "mobilenet_jax.interop": ("peers", "cli"),
     "mobilenet_jax.peers": ("training", "interop", "models", "cli"),
     "mobilenet_jax.errors": ("",), "mobilenet_jax.timing": ("",),

@@ -19,7 +19,7 @@ import tensorflow_datasets as tfds
 import pytest
 
 from configs import default, mobilenet_v2
-from mobilenet_jax import parallel
+from mobilenet_jax import defaults, parallel
 from mobilenet_jax.training import checkpoint, loop, optim, run, steps
 from mobilenet_jax.errors import ConfigError
 
@@ -307,6 +307,7 @@ def test_bad_input_settings_stop_before_touching_checkpoints(tmp_path, small_con
 def test_bad_config_values_name_the_key(tmp_path, overrides, words):
   config = tiny(default.get_config(), num_train_steps=2, **overrides)
   with pytest.raises(ConfigError) as e:
+    defaults.validate(config)  # as every entry point does, once
     loop.train_and_evaluate(config, str(tmp_path))
   for word in words:
     assert word in str(e.value)

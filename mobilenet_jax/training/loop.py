@@ -25,7 +25,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 
-from mobilenet_jax import defaults, madds, parallel, records
+from mobilenet_jax import madds, parallel, records
 from mobilenet_jax.training import checkpoint, optim, run
 from mobilenet_jax.training import workdir as workdir_lib
 from mobilenet_jax.errors import ConfigError
@@ -426,9 +426,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains config's model on config's data, evaluating; returns the results.
 
   The run owns `workdir` while it lasts: a second run there is refused, and
-  a bad path is one line before anything is compiled.
+  a bad path is one line before anything is compiled. `config` is checked
+  by the caller (defaults.validate: main, ablate and keras_digits do, once).
   """
-  defaults.validate(config)  # before anything is written
   with workdir_lib.Owner(workdir):
     log_handler = add_log_file(workdir)
     try:
