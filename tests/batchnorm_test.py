@@ -151,9 +151,8 @@ def test_a_network_with_flax_batchnorm_is_the_same_network(bottleneck_activation
   fused = get_model(config)
   ref = get_model(config, batchnorm_impl="flax")
   x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
-  init = lambda model: jax.jit(functools.partial(model.init, train=False))  # noqa: E731
-  variables = init(fused)(jax.random.key(1), x)
-  assert jax.tree.structure(jax.eval_shape(init(ref), jax.random.key(1), x)) == \
+  variables = fused.init(jax.random.key(1), x, train=False)
+  assert jax.tree.structure(ref.init(jax.random.key(1), x, train=False)) == \
       jax.tree.structure(variables)
 
   def loss(model, params):
@@ -161,14 +160,12 @@ def test_a_network_with_flax_batchnorm_is_the_same_network(bottleneck_activation
                                mutable=["batch_stats"])
     return jnp.sum(out * jnp.arange(10.0)), (out, updates["batch_stats"])
 
-  (a, (out_a, stats_a)), grad_a = jax.jit(jax.value_and_grad(
-      functools.partial(loss, fused), has_aux=True))(variables["params"])
-  (b, (out_b, stats_b)), grad_b = jax.jit(jax.value_and_grad(
-      functools.partial(loss, ref), has_aux=True))(variables["params"])
+  (a, (out_a, stats_a)), grad_a = jax.value_and_grad(
+      functools.partial(loss, fused), has_aux=True)(variables["params"])
+  (b, (out_b, stats_b)), grad_b = jax.value_and_grad(
+      functools.partial(loss, ref), has_aux=True)(variables["params"])
   np.testing.assert_allclose(out_a, out_b, rtol=1e-4, atol=1e-4)
-  # Two compiled programs sum in different orders: float32 rounding, about 1e-3 of
-  # gradients of order 1 (a wrong backward pass is off by tenths).
   for x1, x2 in zip(jax.tree.leaves((stats_a, grad_a)), jax.tree.leaves((stats_b, grad_b))):
-    np.testing.assert_allclose(x1, x2, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(x1, x2, rtol=1e-3, atol=1e-4)
   with pytest.raises(Exception, match="batchnorm_impl"):
     get_model(config, batchnorm_impl="cudnn").init(jax.random.key(1), x)
