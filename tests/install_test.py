@@ -13,8 +13,8 @@ from conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
-COMMANDS = ("main", "ablate", "report", "convert", "export", "launch", "summary",
-            "benchmark")
+COMMANDS = ("main", "tools/ablate", "tools/report", "tools/convert", "tools/export",
+            "tools/launch", "tools/summary", "tools/benchmark")
 # absl's --help prints the usage and exits 1 (app.HelpFlag), before main runs.
 HELP_STATUS = 1
 
@@ -26,9 +26,15 @@ def installed(tmp_path_factory):
   # pip builds in the source tree (build/, *.egg-info): build a copy, so the
   # checkout, which may be building or testing elsewhere, is left alone.
   src = tmp / "src"
-  shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
-      ".git", ".venv*", "__pycache__", "*.egg-info", "build", "runs", "workdir*",
-      ".pytest_cache"))
+  anywhere = shutil.ignore_patterns(".git", ".venv*", "__pycache__", "*.egg-info",
+                                    ".pytest_cache")
+  at_root = {"build", "runs"}  # a user's runs, not the package (training/workdir.py is)
+
+  def ignore(directory, names):
+    return set(anywhere(directory, names)) | (
+        at_root & set(names) if os.path.samefile(directory, ROOT) else set())
+
+  shutil.copytree(ROOT, src, ignore=ignore)
   site = tmp / "site"
   # --target and PYTHONPATH: the running environment (where the checkout is
   # installed editable) is not touched.
@@ -78,7 +84,7 @@ def test_benchmark_acceptance_command(installed):
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_help_of_every_command(installed, command):
-  proc = run(installed, "-m", f"mobilenet_jax.{command}", "--help")
+  proc = run(installed, "-m", f"mobilenet_jax.{command.replace('/', '.')}", "--help")
   assert proc.returncode == HELP_STATUS, proc.stderr[-3000:]
   assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
   # The command's own flags, listed under the installed module's file.
