@@ -196,14 +196,20 @@ def test_commands_write_the_report_to_out(tmp_path):
   assert (report_out / "report.md").read_text() == text
 
 
-@pytest.mark.slow
-def test_killed_sweep_finishes_without_redoing_runs(tmp_path):
+def tiny_sweep_command(tmp_path):
+  """(argv, environment, workdir) of ablate running TINY_SWEEP on one device."""
   sweep_file = tmp_path / "sweep.py"
   sweep_file.write_text(TINY_SWEEP)
   workdir = tmp_path / "runs"
   args = [sys.executable, "-m", "mobilenet_jax.tools.ablate", "--sweep", str(sweep_file),
           "--workdir", str(workdir)]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  return args, env, workdir
+
+
+@pytest.mark.slow
+def test_killed_sweep_finishes_without_redoing_runs(tmp_path):
+  args, env, workdir = tiny_sweep_command(tmp_path)
   env.pop("JAX_COMPILATION_CACHE_DIR", None)  # ablate's own cache is tested below
   first = workdir / "relu6" / "seed_0" / "results.json"
   proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,

@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -130,13 +129,8 @@ def test_a_second_run_is_refused_while_the_first_lives_and_resumes_once_it_is_ki
 
 @pytest.mark.slow
 def test_a_second_sweep_on_a_live_sweep_directory_is_refused(tmp_path):
-  from ablate_test import TINY_SWEEP
-  sweep_file = tmp_path / "sweep.py"
-  sweep_file.write_text(TINY_SWEEP)
-  workdir = tmp_path / "runs"
-  args = [sys.executable, "-m", "mobilenet_jax.ablate", "--sweep", str(sweep_file),
-          "--workdir", str(workdir)]
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  from ablate_test import tiny_sweep_command
+  args, env, workdir = tiny_sweep_command(tmp_path)
   first = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
   try:
