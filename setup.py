@@ -37,6 +37,9 @@ setup(
         "jax>=0.7.2,<0.13",
         "flax>=0.11.2",
         "optax>=0.2.8",
+        # int8 arithmetic of quantization-aware training (ops/quantize.py); 0.1.2
+        # is the newest that takes Colab's flax 0.11.2.
+        "qwix>=0.1.2",
         "orbax-checkpoint>=0.12.4",
         "ml-collections>=1.0.0",
         "clu>=0.0.12",

@@ -20,6 +20,7 @@ from mobilenet_jax import models, parallel
 from mobilenet_jax.models.base import MIN_IMAGE_SIZE
 from mobilenet_jax.ops.batchnorm import BATCHNORM_IMPLS
 from mobilenet_jax.ops.depthwise import IMPLS
+from mobilenet_jax.ops.quantize import WEIGHTS
 from mobilenet_jax.schema import (NOT_EMPTY, REGEXES, Field, above, at_least,
                                   check_fields, check_keys, check_that, conforms,
                                   field, in_range, not_valid, noun, one_of,
@@ -29,6 +30,7 @@ from mobilenet_jax.training.optim import OPTIMIZERS, SCHEDULES
 DTYPES = ("float32", "bfloat16")
 TRAIN_AUGMENT = ("inception", "small", "none")
 EVAL_PREPROCESS = ("center_crop", "resize")  # "center_crop" keeps 0.875
+QUANTIZATIONS = ("none", "int8")
 
 
 def model_config(name: str) -> ml_collections.ConfigDict:
@@ -73,6 +75,20 @@ FIELDS = (
           "depthwise conv implementation (ops/depthwise.py)"),
     field("batchnorm_impl", "fused", one_of(BATCHNORM_IMPLS),
           "batch norm: fused with its activation (ops/batchnorm.py) or flax's"),
+
+    # Low precision (ops/quantize.py): int8 as TFLite computes it, BN folded.
+    field("quantization", "none", one_of(QUANTIZATIONS),
+          "int8: quantization-aware training (and evaluation) of the network"),
+    field("quantize_weights", "per_channel", one_of(WEIGHTS),
+          "int8 weight scales: one per output channel (TFLite's) or per tensor"),
+    field("quantize_activations", True, doc="int8: the activations too"),
+    field("ptq_eval", (), check_that(f"a list of {', '.join(WEIGHTS)}",
+                                     lambda v: all(w in WEIGHTS for w in v)),
+          "after training, also evaluate int8 post-training quantization with "
+          "these weight scales (results: eval_top1_ptq_<scales>)"),
+    positive_int("ptq_calibration_examples", 200,
+                 "training images whose activation ranges calibrate ptq_eval "
+                 "(the export command's --calibration_examples)"),
 
     # Input: a TFDS name ("sklearn_digits" is embedded and needs no network;
     # "imagenet2012", "imagenette", "cifar10", "cifar100") or "synthetic".
@@ -160,6 +176,12 @@ def validate(config):
   """Raises ConfigError, naming the key, the value and what is allowed, for
   the first value of `config` that its declaration does not allow."""
   check_fields(config, FIELDS)
+  if config["quantization"] != "none" and config["dtype"] != "float32":
+    raise not_valid("dtype", config["dtype"], "float32 with quantization="
+                    f"{config['quantization']!r} (int8 is simulated in float32)")
+  if config["quantization"] != "none" and config["ptq_eval"]:
+    raise not_valid("ptq_eval", tuple(config["ptq_eval"]), "() with quantization="
+                    f"{config['quantization']!r} (it quantizes a float run after training)")
   validate_model(config["model"])
   parallel.batch_sizes(config["batch_size"], config["per_device_batch_size"])
   parallel.batch_sizes(config["eval_batch_size"],

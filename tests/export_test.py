@@ -150,3 +150,59 @@ def test_export_refuses_what_it_cannot_do_and_overwrites_nothing(run, tmp_path):
     tf_export.export(workdir, "saved_model", "int8", out=str(tmp_path / "sm"))
   with pytest.raises(ConfigError, match="no checkpoint"):
     tf_export.export(str(tmp_path / "empty"), "tflite")
+
+
+# Quantization-aware training as README's export section shows it: 10 epochs
+# fine-tuned from the float run, then exported to int8.
+QAT_FINE_TUNE = ["--config.quantization=int8", "--config.num_epochs=10",
+                 "--config.learning_rate=3e-4", "--config.warmup_epochs=0",
+                 "--config.eval_every_steps=100000"]
+
+
+@pytest.fixture(scope="session")
+def qat_run(run, tmp_path_factory):
+  workdir, _ = run
+  qat = str(tmp_path_factory.mktemp("qat") / "run")
+  proc = subprocess.run([sys.executable, "-m", "mobilenet_jax.main", "--config",
+                         "configs/default.py", "--workdir", qat,
+                         f"--config.init_from={workdir}", *QAT_FINE_TUNE],
+                        cwd=ROOT, capture_output=True, text=True,
+                        env=dict(os.environ, XLA_FLAGS=""))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "Initialised from step 1320" in proc.stderr
+  with open(os.path.join(qat, "results.json")) as f:
+    return qat, json.load(f)
+
+
+@pytest.mark.slow
+def test_qat_int8_export_agrees_with_the_qat_evaluation(run, qat_run, tmp_path):
+  """The int8 TFLite model of a QAT run predicts as the QAT model's own int8
+  simulation does on the whole eval set, in a file the size of the PTQ one."""
+  workdir, _ = run
+  qat, results = qat_run
+  float_top1 = json.load(open(os.path.join(workdir, "results.json")))["eval_top1"]
+  assert results["eval_top1"] >= float_top1 - 0.01  # within 1 point of float
+  report = tf_export.export(qat, "tflite", "int8", out=str(tmp_path / "qat.tflite"),
+                            compare_keras=False)
+  check = report["check"]
+  assert check["examples"] == 360 and report["trained"] == "int8 per_channel"
+  assert check["top1_jax"] == pytest.approx(results["eval_top1"])  # QAT's own eval
+  assert check["top1_agreement"] >= 0.98, check
+  ptq = tf_export.export(workdir, "tflite", "int8", out=str(tmp_path / "ptq.tflite"),
+                         compare_keras=False, check_examples=8)
+  assert report["size_mb"] == pytest.approx(ptq["size_mb"], rel=0.02)
+
+
+@pytest.mark.slow
+def test_a_qat_run_exports_only_to_int8_tflite(qat_run, tmp_path):
+  qat, _ = qat_run
+  for fmt, quantize in (("saved_model", "none"), ("tflite", "none")):
+    out = tmp_path / fmt
+    with pytest.raises(ConfigError, match="only an int8 TFLite model honours"):
+      tf_export.export(qat, fmt, quantize, out=str(out))
+    assert not os.path.exists(out)
+  proc = subprocess.run([sys.executable, "-m", "mobilenet_jax.tools.export", "--workdir",
+                         qat, "--format", "saved_model", "--out", str(tmp_path / "sm")],
+                        cwd=ROOT, capture_output=True, text=True)
+  lines = [l for l in proc.stderr.strip().splitlines() if l.startswith("error:")]
+  assert proc.returncode != 0 and len(lines) == 1 and "Traceback" not in proc.stderr

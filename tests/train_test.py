@@ -222,6 +222,7 @@ def kill_after_checkpoint(workdir, config_file, overrides, step=4):
 # 17th example of 30) and the resumed run crosses two epoch boundaries.
 EPOCHS = ["--config.train_split=train[:10]"]
 WORKERS = ["--config.input_workers=2"]
+QAT = ["--config.quantization=int8", "--config.quantize_weights=per_tensor"]
 
 
 @pytest.mark.slow
@@ -229,7 +230,8 @@ WORKERS = ["--config.input_workers=2"]
     ([], [], True),  # in-process input, its position restored from the checkpoint
     (EPOCHS + WORKERS, EPOCHS + WORKERS, True),  # worker processes' states
     (EPOCHS, EPOCHS + WORKERS, False),  # a new layout: the step's position
-], ids=["threads", "mid-epoch-workers", "new-layout"])
+    (QAT, QAT, True),  # quantization-aware training: activation ranges resume too
+], ids=["threads", "mid-epoch-workers", "new-layout", "qat"])
 def test_sigkill_then_resume_is_bit_identical(tmp_path, small_config_file, before,
                                               after, restored):
   """Killed after a checkpoint and run again, the run ends exactly as an

@@ -10,7 +10,11 @@ DEPTHWISE_CONV_2D and CONV_2D (batch norm folded in). Inputs are images
 preprocessed as for evaluation (float32 NHWC in [-1, 1]); outputs are logits.
 int8 is full-integer post-training quantisation of the weights and
 activations (inputs and outputs stay float32), calibrated on training images
-from the run's input pipeline.
+from the run's input pipeline. A run trained with quantization=int8 (QAT)
+exports only so: its kernels, batch norm folded in, go to the converter
+already on their int8 grid (per-tensor ones with the converter's per-channel
+scales turned off), and the export is checked against the QAT model's own
+evaluation (its int8 simulation, ops/quantize.py).
 
 Every export is checked against the JAX model on evaluation images (largest
 logit difference; for int8 the share of equal top-1 predictions), and a TFLite
@@ -31,6 +35,8 @@ import ml_collections
 import numpy as np
 
 from mobilenet_jax import timing
+from mobilenet_jax.models import get_model
+from mobilenet_jax.ops.quantize import Quantization, rounded_float_variables
 from mobilenet_jax.training import checkpoint, run
 from mobilenet_jax.errors import ConfigError
 
@@ -48,10 +54,18 @@ def load_run(workdir: str, step: Optional[int] = None):
           {"params": state["params"], "batch_stats": state["batch_stats"]})
 
 
-def inference_fn(model_config: dict, variables) -> Callable:
+def run_quantization(config) -> Optional[Quantization]:
+  """How the run was trained: None (float) or its QAT quantization."""
+  if config is None or config.get("quantization", "none") == "none":
+    return None
+  return Quantization(config.quantize_weights, config.quantize_activations)
+
+
+def inference_fn(model_config: dict, variables,
+                 quantization: Optional[Quantization] = None) -> Callable:
   """images -> logits with the convolutions TFLite has kernels for."""
-  from mobilenet_jax.models import get_model
-  model = get_model(model_config, depthwise_impl="lax", pointwise_impl="conv")
+  model = get_model(model_config, depthwise_impl="lax", pointwise_impl="conv",
+                    quantization=quantization)
   return jax.jit(lambda images: model.apply(variables, images, train=False))
 
 
@@ -67,22 +81,26 @@ def tf_function(fn: Callable, image_size: int, batch: Optional[int]):
 
 # -------------------------------------------------------------- writers ---
 
-def tflite_converter(converter, calibration: Optional[np.ndarray]):
-  """The same settings for our model and Keras': float, or full int8."""
+def tflite_converter(converter, calibration: Optional[np.ndarray], per_tensor: bool = False):
+  """The same settings for our model and Keras': float, or full int8 (with
+  per-tensor weight scales if `per_tensor`)."""
   import tensorflow as tf
   if calibration is not None:
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: ([image[None]] for image in calibration)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    # The converter's switch (TF 2.x) for one scale per weight tensor.
+    converter._experimental_disable_per_channel = per_tensor
   return converter.convert()
 
 
-def to_tflite(fn: Callable, image_size: int, calibration: Optional[np.ndarray] = None) -> bytes:
+def to_tflite(fn: Callable, image_size: int, calibration: Optional[np.ndarray] = None,
+              per_tensor: bool = False) -> bytes:
   """TFLite flatbuffer of `fn` for one image; int8 if `calibration` images are given."""
   import tensorflow as tf
   function = tf_function(fn, image_size, batch=1)
   return tflite_converter(tf.lite.TFLiteConverter.from_concrete_functions(
-      [function.get_concrete_function()], function), calibration)
+      [function.get_concrete_function()], function), calibration, per_tensor)
 
 
 def keras_tflite(model_config: dict, image_size: int,
@@ -187,6 +205,11 @@ def export(workdir: str, fmt: str, quantize: str = "none", out: Optional[str] = 
   if os.path.exists(out):
     raise ConfigError(f"{out} exists; remove it or pass another --out (nothing was changed).")
   model_config, image_size, run_config, variables = load_run(workdir)
+  quantization = run_quantization(run_config)
+  if quantization is not None and quantize != "int8":
+    raise ConfigError(f"{workdir} was trained with quantization-aware training "
+                      f"(quantization={run_config.quantization!r}), which only an int8 "
+                      "TFLite model honours; use --format tflite --quantize int8.")
   config = config or run_config
   calib, images, labels = data(config, image_size,
                                calibration_examples if quantize == "int8" else 0,
@@ -195,10 +218,19 @@ def export(workdir: str, fmt: str, quantize: str = "none", out: Optional[str] = 
     raise ConfigError("int8 needs calibration images and this run has no dataset; "
                       "pass --config with one (e.g. configs/default.py).")
   fn = inference_fn(model_config, variables)
-  reference = np.asarray(fn(images))
+  if quantization is not None:  # the check's reference: QAT's own evaluation
+    reference = np.asarray(inference_fn(model_config, variables, quantization)(images))
+    # The converter gets the float network with QAT's folded, rounded kernels
+    # and measures the activations' ranges itself.
+    epsilon = get_model(model_config).bn_epsilon
+    fn = inference_fn(model_config, rounded_float_variables(
+        variables, quantization.weights, epsilon))
+  else:
+    reference = np.asarray(fn(images))
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   report = {"workdir": workdir, "format": fmt, "quantize": quantize, "output": out,
-            "model": model_config, "image_size": image_size}
+            "model": model_config, "image_size": image_size,
+            "trained": run.quantization_name(run_config) if run_config else "none"}
   # Written under a temporary name, checked, then renamed: a failed export
   # leaves nothing half-made behind.
   if fmt == "saved_model":
@@ -208,7 +240,8 @@ def export(workdir: str, fmt: str, quantize: str = "none", out: Optional[str] = 
     logits = next(iter(served(images=images).values())).numpy()
     report["size_mb"] = directory_mb(out + ".tmp")
   else:
-    model_bytes = to_tflite(fn, image_size, calib)
+    per_tensor = quantization is not None and quantization.weights == "per_tensor"
+    model_bytes = to_tflite(fn, image_size, calib, per_tensor)
     write(out + ".tmp", model_bytes)
     logits = tflite_logits(model_bytes, images)
     report["size_mb"] = len(model_bytes) / 2**20

@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mobilenet_jax.errors import ConfigError, check_choice
+from mobilenet_jax.ops import quantize
 
 KIND = "kind"
 ARCHITECTURE, TRAINING, IMPLEMENTATION = "architecture", "training", "implementation"
@@ -66,6 +67,7 @@ class LayerSettings:
   frozen_bn: Tuple[str, ...] = ()  # module paths whose batch norm is frozen
   batchnorm_impl: str = "fused"  # ops/batchnorm.py, or "flax"
   kernel_init: str = "lecun_normal"  # a KERNEL_INITS name
+  quantization: Optional[quantize.Quantization] = None  # None: float
 
   def initializer(self):
     return KERNEL_INITS[self.kernel_init]
@@ -143,6 +145,9 @@ class MobileNet(nn.Module):
       training, and its statistics and scale/offset do not move.
     kernel_init: "lecun_normal" (Flax's default) or "glorot_uniform" (Keras's)
       for every convolution and classifier kernel; the papers name none.
+    quantization: None (float) or an ops.quantize.Quantization: int8 weights
+      (BN folded in) and activations simulated as TFLite computes them, for
+      quantization-aware training and post-training quantization.
   Each network adds its own knobs, `dropout` and `min_depth` among them (their
   defaults differ). The resolution multiplier rho is the input size / 224.
   num_classes=0 returns the pooled pre-logits (TF-slim, timm).
@@ -162,6 +167,7 @@ class MobileNet(nn.Module):
   pointwise_impl: str = implementation("dot")
   batchnorm_impl: str = implementation("fused")
   dtype: Any = implementation(jnp.float32)
+  quantization: Optional[quantize.Quantization] = implementation(None)
 
   def __post_init__(self):
     if not self.alpha > 0:
@@ -198,7 +204,8 @@ class MobileNet(nn.Module):
   def layer_settings(self) -> LayerSettings:
     return LayerSettings(self.bn_momentum, self.bn_epsilon, self.bn_axis_name,
                          self.depthwise_impl, self.pointwise_impl, self.dtype,
-                         self.frozen_bn_paths(), self.batchnorm_impl, self.kernel_init)
+                         self.frozen_bn_paths(), self.batchnorm_impl, self.kernel_init,
+                         self.quantization)
 
   # Each network defines endpoint_plan() -> List[Endpoint]: every endpoint it
   # computes, in order, each alias right after the endpoint it names again.
@@ -251,10 +258,21 @@ class MobileNet(nn.Module):
       elif self.pooling == "avg":
         x = jnp.mean(x, axis=(1, 2))
       return x.astype(jnp.float32)
-    x = jnp.mean(x, axis=(1, 2))
+    x = self.quantize(jnp.mean(x, axis=(1, 2)), train, "pool_quant")
     if self.num_classes == 0:
       return x.astype(jnp.float32)
     x = nn.Dropout(self.dropout, deterministic=not train, name="dropout")(x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=KERNEL_INITS[self.kernel_init],
-                 name="classifier")(x)
+    init = KERNEL_INITS[self.kernel_init]
+    if self.quantization is None:
+      x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=init, name="classifier")(x)
+    else:
+      x = quantize.QuantDense(self.num_classes, self.quantization, self.bn_momentum, init,
+                              self.bn_axis_name, self.dtype, name="classifier")(x, train)
     return x.astype(jnp.float32)
+
+  def quantize(self, x, train: bool, name: str):
+    """`x` as int8 holds it in a quantized network (unchanged in a float one)."""
+    if self.quantization is None:
+      return x
+    return quantize.ActQuant(self.quantization, self.bn_momentum,
+                             axis_name=self.bn_axis_name, name=name)(x, train)

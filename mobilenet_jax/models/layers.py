@@ -6,15 +6,19 @@ per-layer summary rely on. Every block takes the network's `LayerSettings`
 (batch norm, dtype, which implementation of the depthwise and 1x1 products).
 """
 
+import functools
 from typing import Sequence, Tuple, Union
 
 import flax.linen as nn
+from jax import lax
 
 from mobilenet_jax.errors import check_choice
 from mobilenet_jax.models.base import LayerSettings
 from mobilenet_jax.ops.batchnorm import ACTIVATIONS, BATCHNORM_IMPLS, BatchNormAct, activate
-from mobilenet_jax.ops.depthwise import DepthwiseConv
-from mobilenet_jax.ops.pointwise import Pointwise
+from mobilenet_jax.ops.depthwise import IMPL_FNS as depthwise_fns
+from mobilenet_jax.ops.depthwise import DepthwiseConv, resolve_impl
+from mobilenet_jax.ops.pointwise import Pointwise, pointwise
+from mobilenet_jax.ops import quantize
 
 Padding = Union[str, Sequence[Tuple[int, int]]]
 
@@ -37,6 +41,17 @@ class ConvBN(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     s = self.settings
+    check_choice("activation", self.activation, ACTIVATIONS)
+    # A frozen batch norm normalises with its running statistics in training
+    # too (and the optimizer leaves its scale and offset alone: optim.py).
+    frozen = s.bn_is_frozen(self.path)
+    if s.quantization is not None:
+      return quantize.conv_bn(
+          x, train, self.conv_function(x), features=self.features,
+          kernel_size=self.kernel_size, groups=self.groups, activation=self.activation,
+          quantization=s.quantization, momentum=s.bn_momentum, epsilon=s.bn_epsilon,
+          kernel_init=s.initializer(), initializing=self.is_initializing(),
+          frozen=frozen, axis_name=s.bn_axis_name, dtype=s.dtype)
     if self.groups > 1 and self.groups == x.shape[-1]:
       x = DepthwiseConv(self.features, self.kernel_size, self.strides,
                         self.padding, s.depthwise_impl, s.dtype,
@@ -49,10 +64,6 @@ class ConvBN(nn.Module):
                   kernel_dilation=self.dilation, feature_group_count=self.groups,
                   use_bias=False, dtype=s.dtype, kernel_init=s.initializer(),
                   name="conv")(x)
-    check_choice("activation", self.activation, ACTIVATIONS)
-    # A frozen batch norm normalises with its running statistics in training
-    # too (and the optimizer leaves its scale and offset alone: optim.py).
-    frozen = s.bn_is_frozen(self.path)
     check_choice("batchnorm_impl", s.batchnorm_impl, BATCHNORM_IMPLS)
     if s.batchnorm_impl == "flax":  # the reference the fused form is tested against
       x = nn.BatchNorm(use_running_average=not train or frozen, momentum=s.bn_momentum,
@@ -62,6 +73,21 @@ class ConvBN(nn.Module):
     return BatchNormAct(use_running_average=not train or frozen, momentum=s.bn_momentum,
                         epsilon=s.bn_epsilon, axis_name=s.bn_axis_name,
                         activation=self.activation, dtype=s.dtype, name="bn")(x)
+
+
+  def conv_function(self, x):
+    """(x, kernel) -> the convolution, computed as the float layers above
+    compute it (for the quantized layer, whose kernel is folded and rounded)."""
+    s = self.settings
+    if self.groups > 1 and self.groups == x.shape[-1]:
+      impl = depthwise_fns[resolve_impl(s.depthwise_impl)]
+      return lambda x, kernel: impl(x, kernel, self.strides, self.padding, self.dilation)
+    if self.kernel_size == 1 and self.strides == 1 and self.groups == 1:
+      return lambda x, kernel: pointwise(x, kernel, s.pointwise_impl)
+    return functools.partial(
+        lax.conv_general_dilated, window_strides=(self.strides,) * 2, padding=self.padding,
+        rhs_dilation=(self.dilation,) * 2, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=self.groups)
 
 
 class SeparableBlock(nn.Module):
@@ -101,8 +127,8 @@ class FullConvBlock(nn.Module):
 class InvertedResidual(nn.Module):
   """MobileNetV2 bottleneck block (V2 paper, Table 1 and Figure 3b).
 
-  x -> [1x1 expand to t*c_in, BN, ReLU6] (skipped when t == 1)
-    -> 3x3 depthwise, stride s, BN, ReLU6
+  x -> [1x1 expand to t*c_in, BN, `activation`] (skipped when t == 1)
+    -> 3x3 depthwise, stride s, BN, `activation` (ReLU6 in the paper)
     -> 1x1 project to `features`, BN, `bottleneck_activation` ("linear" in the
        paper).
 
@@ -121,26 +147,27 @@ class InvertedResidual(nn.Module):
   shortcut: str = "bottleneck"
   dilation: int = 1
   settings: LayerSettings = LayerSettings()
+  activation: str = "relu6"
 
   @nn.compact
   def __call__(self, x, prev_expansion=None, train: bool = False):
     inputs = x
     if self.expansion != 1:
       x = ConvBN(expanded_channels(x.shape[-1], self.expansion), 1,
-                 settings=self.settings, name="expand")(x, train)
+                 activation=self.activation, settings=self.settings, name="expand")(x, train)
     if (self.shortcut == "expansion" and prev_expansion is not None
         and prev_expansion.shape == x.shape):
-      x = x + prev_expansion
+      x = quantized(x + prev_expansion, self.settings, train, "expansion_quant")
       self.sow("intermediates", "expansion_shortcut", prev_expansion)
     expansion = x
     # TF "SAME" padding: for stride 2 it pads 0 before and 1 after on even
     # sizes and 1 on both sides on odd ones, as Keras' `correct_pad` does.
     depthwise = depthwise_conv_bn(x, 1, self.strides, "SAME", self.dilation,
-                                  self.settings, train, "depthwise")
+                                  self.settings, train, "depthwise", self.activation)
     x = ConvBN(self.features, 1, activation=self.bottleneck_activation,
                settings=self.settings, name="project")(depthwise, train)
     if self.shortcut == "bottleneck" and inputs.shape == x.shape:
-      x = x + inputs
+      x = quantized(x + inputs, self.settings, train, "add_quant")
       self.sow("intermediates", "bottleneck_shortcut", inputs)
     return x, expansion, depthwise
 
@@ -150,9 +177,17 @@ def expanded_channels(in_channels: int, expansion: float) -> int:
   return int(round(in_channels * expansion))
 
 
+def quantized(x, settings: LayerSettings, train: bool, name: str):
+  """`x` as int8 holds it in a quantized network (a residual sum), else `x`."""
+  if settings.quantization is None:
+    return x
+  return quantize.ActQuant(settings.quantization, settings.bn_momentum,
+                           axis_name=settings.bn_axis_name, name=name)(x, train)
+
+
 def depthwise_conv_bn(x, depth_multiplier, strides, padding, dilation, settings, train,
-                      name):
-  """3x3 depthwise conv (groups = input channels) + BN + ReLU6.
+                      name, activation="relu6"):
+  """3x3 depthwise conv (groups = input channels) + BN + `activation`.
 
   Output channel c * depth_multiplier + m is input channel c filtered by its
   m-th kernel, the order of Keras' DepthwiseConv2D; the kernel has shape
@@ -160,4 +195,5 @@ def depthwise_conv_bn(x, depth_multiplier, strides, padding, dilation, settings,
   """
   channels = x.shape[-1]
   return ConvBN(channels * depth_multiplier, 3, strides, padding, groups=channels,
-                dilation=dilation, settings=settings, name=name)(x, train)
+                activation=activation, dilation=dilation, settings=settings,
+                name=name)(x, train)

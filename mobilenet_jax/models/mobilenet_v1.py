@@ -104,7 +104,7 @@ class MobileNetV1(MobileNet):
     settings = self.layer_settings()
     (stem_stride, _), *strides = layer_strides(self.blocks, self.shallow,
                                                self.output_stride)
-    x = x.astype(self.dtype)
+    x = self.quantize(x.astype(self.dtype), train, "input_quant")
     x = ConvBN(width(STEM_CHANNELS, self.alpha, self.min_depth), 3, stem_stride,
                conv_padding(stem_stride, self.padding), settings=settings,
                name="stem")(x, train)

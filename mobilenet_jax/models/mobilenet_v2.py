@@ -90,6 +90,9 @@ class MobileNetV2(MobileNet):
     expansion: if set, the expansion ratio t of every block with t != 1.
     bottleneck_activation: after the 1x1 projection: "linear" (the paper),
       "relu6" or "relu" (Figure 6a).
+    activation: after every other conv (stem, expansion, depthwise, head):
+      "relu6" (the paper, "because of its robustness when used with
+      low-precision computation"), "relu" or "linear".
     shortcut: "bottleneck" (the paper), "expansion" or "none" (Figure 6b).
     blocks: the (t, c, n, s) table; replace it from config.
   Endpoints (TF-slim's names): layer_1 (the stem); for block k = 2.. (the
@@ -105,12 +108,14 @@ class MobileNetV2(MobileNet):
   finegrain_classification_mode: bool = True
   expansion: Optional[float] = None
   bottleneck_activation: str = "linear"
+  activation: str = "relu6"
   shortcut: str = "bottleneck"
   blocks: Sequence[Tuple[float, int, int, int]] = BLOCKS
 
   def __post_init__(self):
     check_choice("model.bottleneck_activation", self.bottleneck_activation,
                  tuple(ACTIVATIONS))
+    check_choice("model.activation", self.activation, tuple(ACTIVATIONS))
     check_choice("model.shortcut", self.shortcut, SHORTCUTS)
     if self.expansion is not None and not self.expansion >= 1:
       raise ConfigError(f"model.expansion={self.expansion!r} is not valid; "
@@ -146,23 +151,25 @@ class MobileNetV2(MobileNet):
     settings = self.layer_settings()
     (stem_stride, _), *strides = layer_strides(self.blocks, self.expansion,
                                                self.output_stride)
-    x = x.astype(self.dtype)
+    x = self.quantize(x.astype(self.dtype), train, "input_quant")
     x = ConvBN(make_divisible(STEM_CHANNELS * self.alpha, self.divisible_by, self.min_depth),
-               3, stem_stride, "SAME", settings=settings, name="stem")(x, train)
+               3, stem_stride, "SAME", activation=self.activation, settings=settings,
+               name="stem")(x, train)
     ends = {"layer_1": x}
     expansion = None  # the first block (t = 1) has no expansion layer
     plan = block_plan(self.blocks, self.expansion)
     for i, ((t, c, _), (s, rate)) in enumerate(zip(plan, strides)):
       x, expansion, depthwise = InvertedResidual(
           self.channels(c), t, s, self.bottleneck_activation, self.shortcut, rate,
-          settings=settings, name=f"block_{i}")(x, expansion, train)
+          settings=settings, activation=self.activation, name=f"block_{i}")(x, expansion,
+                                                                           train)
       layer = f"layer_{i + 2}"
       if t != 1:
         ends[f"{layer}/expansion_output"] = expansion
       ends.update({f"{layer}/depthwise_output": depthwise, layer: x, f"{layer}/output": x})
     x = ConvBN(head_channels(self.alpha, self.divisible_by, self.min_depth,
                              self.finegrain_classification_mode),
-               1, settings=settings, name="head")(x, train)
+               1, activation=self.activation, settings=settings, name="head")(x, train)
     ends[f"layer_{len(plan) + 2}"] = x
     if endpoints:
       return ends

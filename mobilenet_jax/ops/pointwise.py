@@ -32,11 +32,15 @@ class Pointwise(nn.Module):
     check_choice("pointwise_impl", self.impl, POINTWISE_IMPLS)
     kernel = self.param("kernel", self.kernel_init,
                         (1, 1, x.shape[-1], self.features))
-    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    if self.impl == "conv":
-      return jax.lax.conv_general_dilated(
-          x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    # As a 2-D product over all pixels: on a rank-4 dot, XLA's CPU backend
-    # transposes the activations for the kernel gradient (4x slower at 112x112x96).
-    y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel[0, 0])
-    return y.reshape(*x.shape[:-1], self.features)
+    return pointwise(x.astype(self.dtype), kernel.astype(self.dtype), self.impl)
+
+
+def pointwise(x, kernel, impl: str = "dot"):
+  """x (N, H, W, C_in) times kernel (1, 1, C_in, C_out), as `impl` computes it."""
+  if impl == "conv":
+    return jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  # As a 2-D product over all pixels: on a rank-4 dot, XLA's CPU backend
+  # transposes the activations for the kernel gradient (4x slower at 112x112x96).
+  y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel[0, 0])
+  return y.reshape(*x.shape[:-1], kernel.shape[-1])

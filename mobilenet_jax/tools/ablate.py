@@ -14,7 +14,12 @@ A sweep file defines `get_sweep()` returning a dict:
   compare_to (optional): the variant every other is compared with, paired by
   seed (default: the best mean);
   gap (with plot="gap"): dict(x=dotted key, split=dotted key, minus=[a, b],
-  xlabel=...): the paired a - b difference of `split`, plotted against `x`.
+  xlabel=...): the paired a - b difference of `split`, plotted against `x`;
+  precision (optional): dict(qat={float variant: its QAT variant}) for the
+  report's section on int8 (float variants set `ptq_eval`).
+A variant's `init_from` may be "variant:<name>": each seed starts from the
+run of that seed of variant <name>, listed earlier (fine-tuning, e.g. QAT
+from the float run).
 Every (variant, seed) is one run in WORKDIR/<variant>/seed_<seed>, trained
 one after another on the local devices. A run with a results.json is done
 and skipped; an interrupted one resumes from its checkpoints. So after a
@@ -135,6 +140,26 @@ def expand(sweep: dict, overrides: Dict[str, object] = None,
   return runs
 
 
+FROM_VARIANT = "variant:"
+
+
+def resolve_starts(runs: List[Run], workdir: str) -> List[Run]:
+  """Runs whose init_from is "variant:<name>" start from that variant's run
+  of their seed, which must come before them."""
+  before = set()
+  for run in runs:
+    start = run.config.init_from
+    if start and start.startswith(FROM_VARIANT):
+      source = Run(start[len(FROM_VARIANT):], run.seed, None)
+      if source.name not in before:
+        raise ConfigError(f"variant {run.variant!r}: init_from={start!r} names no "
+                          f"variant listed before it with seed {run.seed}; list "
+                          "that variant first.")
+      run.config.init_from = run_dir(workdir, source)
+    before.add(run.name)
+  return runs
+
+
 def is_done(run_dir: str) -> bool:
   return records.has_results(run_dir)
 
@@ -153,6 +178,10 @@ def check_report_keys(sweep: dict, runs: List[Run]):
   if ref is not None and ref not in sweep["variants"]:
     raise ConfigError(f"{where}: compare_to={ref!r} is not a variant; choose one of "
                       f"{', '.join(repr(v) for v in sweep['variants'])}.")
+  for float_variant, qat_variant in sweep.get("precision", {}).get("qat", {}).items():
+    for v in (float_variant, qat_variant):
+      if v not in sweep["variants"]:
+        raise ConfigError(f"{where}: precision names {v!r}, which is not a variant.")
   gap = sweep.get("gap")
   if gap is None:
     if sweep.get("plot") == "gap":
@@ -186,7 +215,7 @@ def write_sweep_record(workdir: str, sweep: dict, runs: List[Run]):
             "seeds": sorted({r.seed for r in runs}),
             "command": "python -m mobilenet_jax.tools.ablate " + " ".join(sys.argv[1:]),
             "commit": cli.git_commit()}
-  record.update({k: sweep[k] for k in ("compare_to", "gap") if k in sweep})
+  record.update({k: sweep[k] for k in ("compare_to", "gap", "precision") if k in sweep})
   records.write_sweep(workdir, record)
 
 
@@ -233,7 +262,7 @@ def main(argv):
       raise ConfigError(f"--set {item!r} is not key=value, e.g. --set num_epochs=5.")
     overrides[key] = parse_value(value)
   seeds = [int(s) for s in FLAGS.seeds] if FLAGS.seeds else None
-  runs = expand(sweep, overrides, seeds)
+  runs = resolve_starts(expand(sweep, overrides, seeds), FLAGS.workdir)
   check_report_keys(sweep, runs)  # before the lock below creates the directory
   # One sweep per directory at a time (each run also locks its own).
   sweep_lock = workdir_lib.claim(FLAGS.workdir)  # noqa: F841  (held to the end)

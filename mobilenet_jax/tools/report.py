@@ -14,7 +14,10 @@ paired by seed (a sweep trains every variant on the same seeds):
   - Convergence: which runs' last two evaluations are more than 1 point apart;
   - Gap (sweep key `gap`): the paired difference between two values of one
     knob (`split`) at each value of another (`x`), and whether it grows as x
-    shrinks.
+    shrinks;
+  - Precision (sweep key `precision`): each float variant's top-1 as int8
+    after post-training quantization and after QAT, what int8 costs paired by
+    seed, and whether that cost differs from the reference's.
 Every conclusion is what the 95% interval supports, no more. A missing or
 unreadable results.json is named in the report and skipped.
 
@@ -224,6 +227,86 @@ def against_section(runs, ref, workdir: str, other_dir: str) -> List[str]:
   return lines + [""]
 
 
+PTQ_COLUMNS = (("int8 PTQ per-channel", "eval_top1_ptq_per_channel"),
+               ("int8 PTQ per-tensor", "eval_top1_ptq_per_tensor"))
+QAT_COLUMN = "int8 QAT"
+
+
+def precision_values(runs: Dict[str, List[dict]], precision: dict) -> Dict[str, dict]:
+  """{float variant: {precision: {seed: top-1 %}}}: the float runs' own
+  evaluation and their post-training int8 ones, and the QAT variant
+  fine-tuned from each (sweep key precision: dict(qat={float: qat}))."""
+  qat = precision.get("qat", {})
+  out = {}
+  for variant in (v for v in runs if v not in qat.values()):
+    columns = {"float": {r["_seed"]: final_top1(r) for r in runs[variant]}}
+    for label, key in PTQ_COLUMNS:
+      columns[label] = {r["_seed"]: 100 * r[key] for r in runs[variant] if key in r}
+    if variant in qat:
+      columns[QAT_COLUMN] = {r["_seed"]: final_top1(r) for r in runs[qat[variant]]}
+    out[variant] = columns
+  return out
+
+
+def cost_verdict(what: str, d: dict) -> str:
+  """What the interval of (int8 - float) differences supports, in words."""
+  if d["n"] < 2:
+    return f"{what}: {d['n']} paired seed(s), no interval: no claim."
+  interval = f"95% CI [{d['lo']:.2f}, {d['hi']:.2f}], {d['n']} seeds"
+  if d["hi"] < 0:
+    return f"{what} loses {-d['mean']:.2f} points ({interval})."
+  if d["lo"] > 0:
+    return f"{what} gains {d['mean']:.2f} points ({interval})."
+  return f"{what}: no difference the seeds can show ({interval})."
+
+
+def cost_difference_verdict(a: str, b: str, label: str, d: dict) -> str:
+  """What the interval of (a's int8 - float) - (b's) supports, in words."""
+  if d["n"] < 2:
+    return f"{a} vs {b} in {label}: {d['n']} paired seed(s), no interval: no claim."
+  interval = f"95% CI [{d['lo']:.2f}, {d['hi']:.2f}], {d['n']} seeds"
+  if d["lo"] > 0:
+    return f"{a} loses {d['mean']:.2f} points less than {b} to {label} ({interval})."
+  if d["hi"] < 0:
+    return f"{a} loses {-d['mean']:.2f} points more than {b} to {label} ({interval})."
+  return (f"{a} and {b} lose the same to {label} as far as the seeds can show "
+          f"({interval}).")
+
+
+def precision_section(runs: Dict[str, List[dict]], precision: dict,
+                      ref: Optional[str]) -> List[str]:
+  values = precision_values(runs, precision)
+  labels = [label for label in ("float",) + tuple(c for c, _ in PTQ_COLUMNS) + (QAT_COLUMN,)
+            if any(cols.get(label) for cols in values.values())]
+  lines = ["## Precision", "",
+           "Top-1 (%) of each float variant, mean ± std over seeds (n): as trained, as "
+           "int8 after post-training quantization (PTQ) of the same weights, and "
+           "(where run) after quantization-aware training (QAT) from them.", "",
+           "| variant | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
+  for variant, cols in values.items():
+    cells = [f"{fmt(stats(list(cols[l].values())), 2)} ({len(cols[l])})" if cols.get(l)
+             else "" for l in labels]
+    lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+  costs = {v: {l: minus(cols[l], cols["float"]) for l in labels[1:] if cols.get(l)}
+           for v, cols in values.items()}
+  lines += ["", "What int8 costs, paired by seed: int8 − float top-1 points of the same "
+            "run (QAT: the fine-tuned run against the float run it started from).", ""]
+  for v, by_label in costs.items():
+    for label, diffs in by_label.items():
+      d, line = difference(diffs)
+      lines.append(f"- {v}, {label} − float: {line}. **{cost_verdict(f'{v} in {label}', d)}**")
+  if ref in costs:
+    lines += ["", f"Is the cost different from **{ref}**'s? Per seed, (int8 − float) of "
+              f"the variant minus (int8 − float) of {ref}; positive: the variant loses "
+              "less.", ""]
+    for v in (v for v in costs if v != ref):
+      for label in (l for l in costs[v] if l in costs[ref]):
+        d, line = difference(minus(costs[v][label], costs[ref][label]))
+        lines.append(f"- {label}: ({v}) − ({ref}): {line}. **"
+                     + cost_difference_verdict(v, ref, label, d) + "**")
+  return lines + [""]
+
+
 def speed_table(runs: Dict[str, List[dict]]) -> List[str]:
   lines = ["| variant | " + " | ".join(f"{p}% of steps" for p in FRACTIONS) + " |",
            "|---|" + "---:|" * len(FRACTIONS)]
@@ -429,6 +512,8 @@ def write_report(workdir: str, out: str = None, against: str = None) -> str:
     lines += [record["question"], ""]
   lines += setup_lines(record, runs) + [""] + table(summaries) + [""]
   lines += final_section(runs, ref, why, others)
+  if record.get("precision") and any(runs.values()):
+    lines += precision_section(runs, record["precision"], ref)
   if against:
     lines += against_section(runs, ref, workdir, against)
   if any(runs.values()):

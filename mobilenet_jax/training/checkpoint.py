@@ -207,17 +207,21 @@ def restore_on_one_device(workdir: str, step: Optional[int] = None) -> Tuple[dic
   return restored["state"], restored["meta"], step
 
 
-def merge_weights(fresh: dict, saved: dict, source: str, keep_fresh: str = "classifier"):
+def merge_weights(fresh: dict, saved: dict, source: str, keep_fresh: str = "classifier",
+                  only_one=lambda path: False):
   """`fresh` (a tree of arrays) with every leaf taken from `saved`.
 
   Leaves under `keep_fresh` whose shape differs stay fresh (a new classifier
-  for fine-tuning on another class count); any other difference means
-  another architecture and is a ConfigError naming the first one. Returns
-  (merged, paths kept fresh).
+  for fine-tuning on another class count), as do paths `only_one(path)`
+  allows in just one of the trees (saved-only ones are dropped); any other
+  difference means another architecture and is a ConfigError naming the
+  first one. Returns (merged, paths kept fresh).
   """
   flat_fresh = flax.traverse_util.flatten_dict(fresh, sep="/")
   flat_saved = flax.traverse_util.flatten_dict(saved, sep="/")
-  missing = sorted(set(flat_fresh) ^ set(flat_saved))
+  allowed = {p for p in set(flat_fresh) ^ set(flat_saved) if only_one(p)}
+  flat_saved = {p: v for p, v in flat_saved.items() if p not in allowed}
+  missing = sorted((set(flat_fresh) ^ set(flat_saved)) - allowed)
   if missing:
     where = "here" if missing[0] in flat_fresh else f"in {source}"
     raise ConfigError(
@@ -225,6 +229,9 @@ def merge_weights(fresh: dict, saved: dict, source: str, keep_fresh: str = "clas
         f"{where} ({len(missing)} such paths); use a config with its model.")
   merged, kept = {}, []
   for path, value in flat_fresh.items():
+    if path in allowed:
+      merged[path], kept = value, kept + [path]
+      continue
     old = flat_saved[path]
     if old.shape == value.shape:
       merged[path] = jax.numpy.asarray(old, value.dtype)

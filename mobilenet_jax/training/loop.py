@@ -26,9 +26,10 @@ from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 
 from mobilenet_jax import madds, parallel, records
-from mobilenet_jax.training import checkpoint, optim, run
+from mobilenet_jax.training import checkpoint, optim, ptq, run
 from mobilenet_jax.training import workdir as workdir_lib
 from mobilenet_jax.errors import ConfigError
+from mobilenet_jax.ops import quantize
 from mobilenet_jax.training.steps import (TrainState, config_models, create_train_state,
                                           eval_step, state_from, train_step)
 
@@ -178,8 +179,9 @@ def warm_start(state: TrainState, config, tx) -> TrainState:
   count differs (fine-tuning)."""
   saved, _, step = checkpoint.restore_on_one_device(config.init_from)
   params, kept = checkpoint.merge_weights(state.params, saved["params"], config.init_from)
+  # A float run starts a QAT one (and back): activation ranges are only in one.
   stats, _ = checkpoint.merge_weights(state.batch_stats, saved.get("batch_stats", {}),
-                                      config.init_from)
+                                      config.init_from, only_one=quantize.is_range)
   logging.info("Initialised from step %d of %s%s.", step, config.init_from,
                f"; new (not loaded): {', '.join(kept)}" if kept else "")
   return state_from(params, stats, tx, state.rng, ema=config.ema_decay > 0)
@@ -390,8 +392,9 @@ def evaluate_only(job: Job, p_eval, state: TrainState, meta: dict):
   flush(job.writer, job.workdir)
 
 
-def write_results(job: Job, meta: dict, steps: int) -> dict:
-  """results.json (process 0): the run's final metrics and history."""
+def write_results(job: Job, meta: dict, steps: int, quantized: Optional[dict] = None) -> dict:
+  """results.json (process 0): the run's final metrics and history, and
+  `quantized`, the post-training int8 evaluations (training/ptq.py)."""
   config = job.config
   results = {
       "config": config.to_dict(),
@@ -403,6 +406,7 @@ def write_results(job: Job, meta: dict, steps: int) -> dict:
       "train_time_s": meta["train_time_s"],
       **madds.count(config.model, config.image_size),
       **(meta["history"][-1] if meta["history"] else {}),
+      **(quantized or {}),
       "history": meta["history"],
   }
   results.pop("step", None)
@@ -473,5 +477,9 @@ def run_in_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
       functools.partial(train_step, model=model, tx=tx,
                         label_smoothing=config.label_smoothing, ema_decay=config.ema_decay),
       mesh, donate_state=True)
-  train(job, p_train, p_eval, schedule, state, meta, train_iter)
-  return write_results(job, meta, num_steps)
+  state = train(job, p_train, p_eval, schedule, state, meta, train_iter)
+  quantized = ptq.evaluate(job, state, evaluate) if config.ptq_eval else {}
+  if quantized:
+    logging.info("post-training int8: %s", ", ".join(
+        f"{k} {v:.4f}" for k, v in quantized.items()))
+  return write_results(job, meta, num_steps, quantized)

@@ -44,7 +44,18 @@ def identity(config) -> Dict[str, Any]:
   """What a checkpoint must agree on to be resumed by `config`, flat and as
   JSON stores it: {"model.<knob>": value, ..., "image_size": size}."""
   flat = {MODEL_PREFIX + k: v for k, v in model_section(config.model).items()}
-  return as_json(dict(flat, image_size=config.image_size))
+  flat["image_size"] = config.image_size
+  if config.get("quantization", "none") != "none":  # float runs keep their identity
+    flat["quantization"] = quantization_name(config)
+  return as_json(flat)
+
+
+def quantization_name(config) -> str:
+  """"none", or e.g. "int8 per_channel" (weights only: "... weights")."""
+  if config.get("quantization", "none") == "none":
+    return "none"
+  what = "" if config.quantize_activations else " weights"
+  return f"{config.quantization} {config.quantize_weights}{what}"
 
 
 def model_config(meta: dict) -> Dict[str, Any]:

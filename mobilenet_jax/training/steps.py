@@ -16,7 +16,7 @@ from jax import lax
 from mobilenet_jax.training import optim
 from mobilenet_jax.errors import check_choice
 from mobilenet_jax.models import get_model
-from mobilenet_jax.ops import depthwise
+from mobilenet_jax.ops import depthwise, quantize
 from mobilenet_jax.parallel import DATA
 
 
@@ -33,7 +33,8 @@ class TrainState(flax.struct.PyTreeNode):
 
 def create_model(model_config, dtype: str = "float32", depthwise_impl: str = "auto",
                  sync_bn: bool = False, batchnorm_impl: str = "fused",
-                 platform: Optional[str] = None):
+                 platform: Optional[str] = None,
+                 quantization: Optional[quantize.Quantization] = None):
   """The network, as training, evaluation, init and benchmarks all build it:
   `model_config` (config.model), the compute dtype, the depthwise and batch
   norm implementations, and with sync BN statistics averaged over DATA.
@@ -41,12 +42,25 @@ def create_model(model_config, dtype: str = "float32", depthwise_impl: str = "au
   `platform` is the platform of the devices the program is compiled for
   (`parallel.platform(mesh)`); "auto" implementations are chosen for it, not
   for the host, so a TPU program compiled on a CPU host gets TPU kernels.
+  `quantization` (ops/quantize.py) makes it int8 as TFLite computes it.
   """
   check_choice("dtype", dtype, ("float32", "bfloat16"))
   return get_model(model_config, dtype=jnp.dtype(dtype),
                    bn_axis_name=DATA if sync_bn else None,
                    depthwise_impl=depthwise.resolve_impl(depthwise_impl, platform),
-                   batchnorm_impl=batchnorm_impl)
+                   batchnorm_impl=batchnorm_impl, quantization=quantization)
+
+
+def quantization(config, weights: Optional[str] = None,
+                 calibrating: bool = False) -> Optional[quantize.Quantization]:
+  """The config's quantization (None: float); with `weights`, post-training
+  int8 with those weight scales and activations (`calibrating`: whose ranges
+  are being measured)."""
+  if weights is not None:
+    return quantize.Quantization(weights, True, calibrating)
+  if config.quantization == "none":
+    return None
+  return quantize.Quantization(config.quantize_weights, config.quantize_activations)
 
 
 def config_models(config, platform: Optional[str] = None):
@@ -54,7 +68,7 @@ def config_models(config, platform: Optional[str] = None):
   `platform`. Evaluation never syncs BN: it uses the running averages."""
   def build(sync_bn):
     return create_model(config.model, config.dtype, config.depthwise_impl, sync_bn,
-                        config.batchnorm_impl, platform)
+                        config.batchnorm_impl, platform, quantization(config))
   return build(config.sync_bn), build(False)
 
 
