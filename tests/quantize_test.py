@@ -176,3 +176,23 @@ def test_unknown_ptq_scales_are_refused():
   config.ptq_eval = ("per_row",)
   with pytest.raises(ConfigError, match="ptq_eval"):
     defaults.validate(config)
+
+
+@pytest.mark.parametrize("weights", quantize.WEIGHTS)
+def test_rounded_float_variables_compute_the_quantized_evaluation(weights):
+  """What a QAT run gives TFLite's converter: the float network with folded,
+  rounded kernels computes the quantized network (activations unrounded)."""
+  model, params, stats = model_and_variables(Quantization(weights))
+  stats = train_once(model, params, stats)
+  config = defaults.get_config()
+  quantized = steps.create_model(config.model,
+                                 quantization=Quantization(weights, activations=False))
+  float_model = steps.create_model(config.model)
+  x = images(seed=3)
+  want = quantized.apply({"params": params, "batch_stats": stats}, x)
+  rounded = quantize.rounded_float_variables({"params": params, "batch_stats": stats},
+                                             weights, float_model.bn_epsilon)
+  np.testing.assert_allclose(float_model.apply(rounded, x), want, atol=2e-5, rtol=1e-4)
+  kernel = rounded["params"]["block_3"]["depthwise"]["conv"]["kernel"]
+  grid = np.asarray(kernel / quantize.weight_scale(kernel, weights))
+  np.testing.assert_allclose(grid, np.round(grid), atol=1e-3)  # already on the grid
