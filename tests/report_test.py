@@ -312,3 +312,38 @@ def test_recorded_paths_are_relative_to_the_current_directory(tmp_path, monkeypa
   # Relative paths stay as given; outside the current directory they climb.
   assert report.portable_path("runs/x") == "runs/x"
   assert report.portable_path("/srv/sweeps/x", cwd="/srv/checkout") == "../sweeps/x"
+
+
+def add_ptq(workdir, variant, seed, per_channel, per_tensor):
+  path = workdir / variant / f"seed_{seed}" / "results.json"
+  result = json.loads(path.read_text())
+  result.update(eval_top1_ptq_per_channel=per_channel / 100,
+                eval_top1_ptq_per_tensor=per_tensor / 100)
+  path.write_text(json.dumps(result))
+
+
+def test_precision_section_pairs_int8_with_its_own_float_run(tmp_path):
+  """Per seed: int8 - float of the same run (QAT: of the run it started from),
+  and that cost against the reference's. a loses 1 point to per-tensor int8,
+  b loses 4, 5, 6: b loses 4 more than a on average, separably."""
+  write_record(tmp_path, ["a", "b", "a_qat", "b_qat"], compare_to="a", plot="precision",
+               precision={"qat": {"a": "a_qat", "b": "b_qat"}})
+  for seed in range(3):
+    write_run(tmp_path, "a", seed, [90.0 + seed])
+    add_ptq(tmp_path, "a", seed, 90.0 + seed, 89.0 + seed)
+    write_run(tmp_path, "b", seed, [80.0])
+    add_ptq(tmp_path, "b", seed, 80.0, 76.0 - seed)
+    write_run(tmp_path, "a_qat", seed, [90.5 + seed])
+    write_run(tmp_path, "b_qat", seed, [79.0])
+  text = build(tmp_path)
+  precision = section(text, "Precision")
+  assert ("| a | 91.00 ± 1.00 (3) | 91.00 ± 1.00 (3) | 90.00 ± 1.00 (3) | "
+          "91.50 ± 1.00 (3) |") in precision
+  assert "- a, int8 PTQ per-tensor − float: mean -1.00, 95% CI [-1.00, -1.00]" in precision
+  assert "**a in int8 QAT gains 0.50 points" in precision
+  assert "**b in int8 QAT loses 1.00 points" in precision
+  assert ("- int8 PTQ per-tensor: (b) − (a): mean -4.00, 95% CI [-6.48, -1.52], n = 3"
+          in precision)
+  assert "**b loses 4.00 points more than a to int8 PTQ per-tensor" in precision
+  assert "int8 PTQ per-channel: (b) − (a): mean +0.00" in precision
+  assert "toy_precision.png" in text and os.path.exists(tmp_path / "toy_precision.png")

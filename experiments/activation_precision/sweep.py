@@ -14,4 +14,4 @@ def get_sweep():
                "paper's reason for it)?",
       base=sweeps.base_config(), variants=variants, precision=precision,
       compare_to="relu6", notes=sweeps.QUANTIZATION_NOTES + sweeps.NOTES,
-      seeds=sweeps.V2_SEEDS, plot="curves")
+      seeds=sweeps.V2_SEEDS, plot="precision")

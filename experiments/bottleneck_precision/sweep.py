@@ -13,4 +13,4 @@ def get_sweep():
                "after post-training quantization and after quantization-aware training?",
       base=sweeps.base_config(), variants=variants, precision=precision,
       compare_to="linear", notes=sweeps.QUANTIZATION_NOTES + sweeps.NOTES,
-      seeds=sweeps.V2_SEEDS, plot="curves")
+      seeds=sweeps.V2_SEEDS, plot="precision")

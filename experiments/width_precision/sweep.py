@@ -15,4 +15,4 @@ def get_sweep():
                "quantization with per-tensor weights?",
       base=sweeps.base_config(), variants=variants, precision=dict(qat={}),
       compare_to="alpha_1.0", notes=sweeps.QUANTIZATION_NOTES[:1] + sweeps.NOTES,
-      seeds=sweeps.V2_SEEDS, plot="madds")
+      seeds=sweeps.V2_SEEDS, plot="precision")

@@ -9,7 +9,8 @@ A sweep file defines `get_sweep()` returning a dict:
   base: a training config (usually configs/default.py's);
   variants: {variant name: {dotted config key: value}}, in report order;
   seeds: list of seeds; plot: "madds" (top-1 vs multiply-adds), "curves"
-  (eval top-1 over training) or "gap" (a paired difference against a knob);
+  (eval top-1 over training), "gap" (a paired difference against a knob) or
+  "precision" (top-1 as float and as int8, with a precision key);
   notes (optional): caveats the report repeats;
   compare_to (optional): the variant every other is compared with, paired by
   seed (default: the best mean);

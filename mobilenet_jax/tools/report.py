@@ -3,7 +3,8 @@
   python -m mobilenet_jax.tools.report runs/bottleneck_activation \
       --out experiments/bottleneck_activation
 
-Writes report.md and one PNG plot for the sweep's question. report.md has the
+Writes report.md and one PNG plot for the sweep's question (sweep key `plot`:
+eval curves, top-1 against multiply-adds, a gap, or top-1 by precision). report.md has the
 setup (command, commit, date, device, data, seeds), a table per variant (final
 top-1 mean ± std, its 95% t-interval, n) and then, with variants compared
 paired by seed (a sweep trains every variant on the same seeds):
@@ -442,6 +443,28 @@ def plot_gap(ax, runs: Dict[str, List[dict]], gap: dict):
   ax.set_ylabel("top-1 difference (points)")
 
 
+def plot_precision(ax, runs: Dict[str, List[dict]], precision: dict):
+  """Grouped bars: each float variant's top-1 as float and as int8."""
+  values = precision_values(runs, precision)
+  labels = [label for label in ("float",) + tuple(c for c, _ in PTQ_COLUMNS) + (QAT_COLUMN,)
+            if any(cols.get(label) for cols in values.values())]
+  width = 0.8 / len(labels)
+  low = 100.0
+  for i, label in enumerate(labels):
+    xs, means, stds = [], [], []
+    for j, cols in enumerate(values.values()):
+      if cols.get(label):
+        s = stats(list(cols[label].values()))
+        xs.append(j - 0.4 + (i + 0.5) * width)
+        means.append(s["mean"])
+        stds.append(s["std"])
+        low = min(low, s["mean"] - s["std"])
+    ax.bar(xs, means, width, yerr=stds, capsize=2, label=label)
+  ax.set_xticks(range(len(values)), list(values))
+  ax.set_ylim(max(0.0, low - 5), 100)
+  ax.set_xlabel("variant (as trained in float; QAT fine-tuned from it)")
+
+
 def plot(record: dict, runs: Dict[str, List[dict]], summaries: Dict[str, dict],
          out: str) -> str:
   """One figure for the sweep's question; returns its file name."""
@@ -473,6 +496,9 @@ def plot(record: dict, runs: Dict[str, List[dict]], summaries: Dict[str, dict],
     ax.xaxis.set_minor_formatter(plain)
     ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel("multiply-adds per image (millions, log scale)")
+  elif record.get("plot") == "precision" and record.get("precision"):
+    name = f"{record['name']}_precision.png"
+    plot_precision(ax, runs, record["precision"])
   else:
     name = f"{record['name']}_eval_curves.png"
     for variant, results in runs.items():
