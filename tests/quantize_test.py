@@ -196,3 +196,28 @@ def test_rounded_float_variables_compute_the_quantized_evaluation(weights):
   kernel = rounded["params"]["block_3"]["depthwise"]["conv"]["kernel"]
   grid = np.asarray(kernel / quantize.weight_scale(kernel, weights))
   np.testing.assert_allclose(grid, np.round(grid), atol=1e-3)  # already on the grid
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2"])
+def test_both_networks_take_a_quantized_training_step(name):
+  """A QAT step on V1 (no residual sums) and V2: finite loss and gradients,
+  and every kernel gets a gradient through the rounding."""
+  config = defaults.get_config()
+  config.model = defaults.for_digits(defaults.model_config(name))
+  config.model.alpha = 0.25
+  config.quantization = "int8"
+  model, _ = steps.config_models(config)
+  params, stats = steps.initialize(model, 32, jax.random.key(0))
+
+  def loss(params):
+    logits, _ = model.apply({"params": params, "batch_stats": stats}, images(8), train=True,
+                            mutable=["batch_stats"])
+    return jnp.mean(jax.nn.log_softmax(logits)[:, 0])
+
+  value, grads = jax.value_and_grad(loss)(params)
+  assert np.isfinite(float(value))
+  kernels = {"/".join(k.key for k in p): g for p, g in
+             jax.tree_util.tree_flatten_with_path(grads)[0] if p[-1].key == "kernel"}
+  assert kernels and all(np.isfinite(g).all() and np.abs(g).max() > 0
+                         for g in kernels.values())
