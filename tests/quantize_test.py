@@ -221,3 +221,15 @@ def test_both_networks_take_a_quantized_training_step(name):
              jax.tree_util.tree_flatten_with_path(grads)[0] if p[-1].key == "kernel"}
   assert kernels and all(np.isfinite(g).all() and np.abs(g).max() > 0
                          for g in kernels.values())
+
+
+def test_kernel_ranges_measure_the_spread_per_tensor_scales_meet():
+  from mobilenet_jax.studies import kernel_ranges
+  ranges = np.array([1.0, 2.0, 4.0, 400.0])  # one wide channel: 0.5 / 127 * 400 > 1
+  kernel = np.ones((3, 3, 1, 4)) * ranges
+  params = {"block_0": {"depthwise": {"conv": {"kernel": kernel},
+                                      "bn": {"scale": np.ones(4), "bias": np.zeros(4)}}}}
+  stats = {"block_0": {"depthwise": {"bn": {"mean": np.zeros(4), "var": np.ones(4) - 1e-3}}}}
+  got = kernel_ranges.spreads(params, stats, 1e-3)["block_0/depthwise"]
+  assert got["spread"] == pytest.approx(400 / 3.0)  # against the median, 3
+  assert got["zeroed"] == pytest.approx(0.25)  # 1.0 < 400 / 127 / 2
