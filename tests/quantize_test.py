@@ -233,3 +233,6 @@ def test_kernel_ranges_measure_the_spread_per_tensor_scales_meet():
   got = kernel_ranges.spreads(params, stats, 1e-3)["block_0/depthwise"]
   assert got["spread"] == pytest.approx(400 / 3.0)  # against the median, 3
   assert got["zeroed"] == pytest.approx(0.25)  # 1.0 < 400 / 127 / 2
+  stats["block_0"]["expand"] = {"quant": {"max": 7.5, "min": 0.0, "count": 3.0}}
+  stats["block_0"]["project"] = {"quant": {"max": 2.0, "min": -1.0, "count": 3.0}}
+  assert kernel_ranges.activation_tops(stats) == [7.5]  # not the bottleneck's
