@@ -62,19 +62,23 @@ PTQ = ("per_channel", "per_tensor")
 
 def with_precisions(variants: dict) -> dict:
   """Each float variant evaluated after training as int8 with post-training
-  quantization (per-channel and per-tensor weights), and beside it
-  "<name>_qat": its run fine-tuned with quantization-aware training. Returns
-  the variants, and the sweep's `precision` key."""
+  quantization (per-channel and per-tensor weights); "<name>_qat", its run
+  fine-tuned with quantization-aware training; and "<name>_ft", the same
+  fine-tune in float, which tells what the extra epochs give apart from
+  quantization. Returns the variants, and the sweep's `precision` key."""
+  fine_tune = dict(num_epochs=QAT_EPOCHS, learning_rate=base_config().learning_rate / 10,
+                   warmup_epochs=0.0, eval_every_steps=QAT_EVAL_EVERY,
+                   log_every_steps=QAT_EVAL_EVERY, checkpoint_every_steps=5 * QAT_EVAL_EVERY)
   out = {}
   for name, changes in variants.items():
     out[name] = dict(changes, ptq_eval=PTQ)
   for name, changes in variants.items():
-    out[f"{name}_qat"] = dict(
-        changes, quantization="int8", init_from=f"variant:{name}", num_epochs=QAT_EPOCHS,
-        learning_rate=base_config().learning_rate / 10, warmup_epochs=0.0,
-        eval_every_steps=QAT_EVAL_EVERY, log_every_steps=QAT_EVAL_EVERY,
-        checkpoint_every_steps=5 * QAT_EVAL_EVERY)
-  return out, dict(qat={name: f"{name}_qat" for name in variants})
+    out[f"{name}_qat"] = dict(changes, quantization="int8", init_from=f"variant:{name}",
+                              **fine_tune)
+  for name, changes in variants.items():
+    out[f"{name}_ft"] = dict(changes, init_from=f"variant:{name}", **fine_tune)
+  return out, dict(qat={name: f"{name}_qat" for name in variants},
+                   fine_tune={name: f"{name}_ft" for name in variants})
 
 
 QUANTIZATION_NOTES = [
@@ -84,9 +88,10 @@ QUANTIZATION_NOTES = [
     "the activation ranges on 200 training images; the export command's TFLite int8 "
     "model agrees with this simulation on most test images (README, export).",
     "QAT is a 10-epoch fine-tune of each float run (the same seed), at a tenth of the "
-    "learning rate: the QAT variants train 70 epochs in all against the float runs' 60, "
-    "so their int8 top-1 is compared with the float run it started from, as torchvision "
-    "and the TF QAT guide report it.",
+    "learning rate: 70 epochs in all against the float runs' 60. Its int8 top-1 is "
+    "compared with the float run it started from (as torchvision and the TF QAT guide "
+    "report it) and with the same fine-tune in float (`_ft`), which separates what "
+    "quantization costs from what the extra epochs give.",
 ]
 
 NOTES = [

@@ -326,8 +326,9 @@ def test_precision_section_pairs_int8_with_its_own_float_run(tmp_path):
   """Per seed: int8 - float of the same run (QAT: of the run it started from),
   and that cost against the reference's. a loses 1 point to per-tensor int8,
   b loses 4, 5, 6: b loses 4 more than a on average, separably."""
-  write_record(tmp_path, ["a", "b", "a_qat", "b_qat"], compare_to="a", plot="precision",
-               precision={"qat": {"a": "a_qat", "b": "b_qat"}})
+  write_record(tmp_path, ["a", "b", "a_qat", "b_qat", "a_ft"], compare_to="a",
+               plot="precision", precision={"qat": {"a": "a_qat", "b": "b_qat"},
+                                            "fine_tune": {"a": "a_ft"}})
   for seed in range(3):
     write_run(tmp_path, "a", seed, [90.0 + seed])
     add_ptq(tmp_path, "a", seed, 90.0 + seed, 89.0 + seed)
@@ -335,15 +336,19 @@ def test_precision_section_pairs_int8_with_its_own_float_run(tmp_path):
     add_ptq(tmp_path, "b", seed, 80.0, 76.0 - seed)
     write_run(tmp_path, "a_qat", seed, [90.5 + seed])
     write_run(tmp_path, "b_qat", seed, [79.0])
+    write_run(tmp_path, "a_ft", seed, [91.0 + 0.5 * seed])
   text = build(tmp_path)
   precision = section(text, "Precision")
   assert ("| a | 91.00 ± 1.00 (3) | 91.00 ± 1.00 (3) | 90.00 ± 1.00 (3) | "
-          "91.50 ± 1.00 (3) |") in precision
+          "91.50 ± 1.00 (3) | 91.50 ± 0.50 (3) |") in precision
+  assert "| b | 80.00 ± 0.00 (3) |" in precision  # no fine-tune: an empty cell
+  # QAT against the float fine-tune: -0.5, 0, +0.5
+  assert "- a, int8 QAT − float fine-tuned: mean +0.00, 95% CI [-1.24, 1.24]" in precision
   assert "- a, int8 PTQ per-tensor − float: mean -1.00, 95% CI [-1.00, -1.00]" in precision
   assert "**a in int8 QAT gains 0.50 points" in precision
   assert "**b in int8 QAT loses 1.00 points" in precision
   assert ("- int8 PTQ per-tensor: (b) − (a): mean -4.00, 95% CI [-6.48, -1.52], n = 3"
           in precision)
-  assert "**b loses 4.00 points more than a to int8 PTQ per-tensor" in precision
+  assert "**b's int8 PTQ per-tensor − float is 4.00 points below a's" in precision
   assert "int8 PTQ per-channel: (b) − (a): mean +0.00" in precision
   assert "toy_precision.png" in text and os.path.exists(tmp_path / "toy_precision.png")

@@ -16,8 +16,9 @@ A sweep file defines `get_sweep()` returning a dict:
   seed (default: the best mean);
   gap (with plot="gap"): dict(x=dotted key, split=dotted key, minus=[a, b],
   xlabel=...): the paired a - b difference of `split`, plotted against `x`;
-  precision (optional): dict(qat={float variant: its QAT variant}) for the
-  report's section on int8 (float variants set `ptq_eval`).
+  precision (optional): dict(qat={float variant: its QAT variant},
+  fine_tune={float variant: the same fine-tune in float}) for the report's
+  section on int8 (float variants set `ptq_eval`).
 A variant's `init_from` may be "variant:<name>": each seed starts from the
 run of that seed of variant <name>, listed earlier (fine-tuning, e.g. QAT
 from the float run).
@@ -179,8 +180,8 @@ def check_report_keys(sweep: dict, runs: List[Run]):
   if ref is not None and ref not in sweep["variants"]:
     raise ConfigError(f"{where}: compare_to={ref!r} is not a variant; choose one of "
                       f"{', '.join(repr(v) for v in sweep['variants'])}.")
-  for float_variant, qat_variant in sweep.get("precision", {}).get("qat", {}).items():
-    for v in (float_variant, qat_variant):
+  for pairs in sweep.get("precision", {}).values():  # qat, fine_tune: {float: derived}
+    for v in (v for pair in pairs.items() for v in pair):
       if v not in sweep["variants"]:
         raise ConfigError(f"{where}: precision names {v!r}, which is not a variant.")
   gap = sweep.get("gap")

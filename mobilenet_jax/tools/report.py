@@ -231,20 +231,24 @@ def against_section(runs, ref, workdir: str, other_dir: str) -> List[str]:
 PTQ_COLUMNS = (("int8 PTQ per-channel", "eval_top1_ptq_per_channel"),
                ("int8 PTQ per-tensor", "eval_top1_ptq_per_tensor"))
 QAT_COLUMN = "int8 QAT"
+FINE_TUNE_COLUMN = "float fine-tuned"  # QAT's schedule without quantization
 
 
 def precision_values(runs: Dict[str, List[dict]], precision: dict) -> Dict[str, dict]:
   """{float variant: {precision: {seed: top-1 %}}}: the float runs' own
-  evaluation and their post-training int8 ones, and the QAT variant
-  fine-tuned from each (sweep key precision: dict(qat={float: qat}))."""
-  qat = precision.get("qat", {})
+  evaluation and their post-training int8 ones, the QAT variant fine-tuned
+  from each and the same fine-tune in float (sweep key precision:
+  dict(qat={float: qat}, fine_tune={float: float fine-tune}))."""
+  derived = {key: precision.get(key, {}) for key in ("qat", "fine_tune")}
+  others = {v for d in derived.values() for v in d.values()}
   out = {}
-  for variant in (v for v in runs if v not in qat.values()):
+  for variant in (v for v in runs if v not in others):
     columns = {"float": {r["_seed"]: final_top1(r) for r in runs[variant]}}
     for label, key in PTQ_COLUMNS:
       columns[label] = {r["_seed"]: 100 * r[key] for r in runs[variant] if key in r}
-    if variant in qat:
-      columns[QAT_COLUMN] = {r["_seed"]: final_top1(r) for r in runs[qat[variant]]}
+    for label, key in ((QAT_COLUMN, "qat"), (FINE_TUNE_COLUMN, "fine_tune")):
+      if variant in derived[key]:
+        columns[label] = {r["_seed"]: final_top1(r) for r in runs.get(derived[key][variant], [])}
     out[variant] = columns
   return out
 
@@ -267,11 +271,13 @@ def cost_difference_verdict(a: str, b: str, label: str, d: dict) -> str:
     return f"{a} vs {b} in {label}: {d['n']} paired seed(s), no interval: no claim."
   interval = f"95% CI [{d['lo']:.2f}, {d['hi']:.2f}], {d['n']} seeds"
   if d["lo"] > 0:
-    return f"{a} loses {d['mean']:.2f} points less than {b} to {label} ({interval})."
+    return (f"{a}'s {label} − float is {d['mean']:.2f} points above {b}'s "
+            f"({interval}).")
   if d["hi"] < 0:
-    return f"{a} loses {-d['mean']:.2f} points more than {b} to {label} ({interval})."
-  return (f"{a} and {b} lose the same to {label} as far as the seeds can show "
-          f"({interval}).")
+    return (f"{a}'s {label} − float is {-d['mean']:.2f} points below {b}'s "
+            f"({interval}).")
+  return (f"{a}'s and {b}'s {label} − float do not differ as far as the seeds can "
+          f"show ({interval}).")
 
 
 def precision_section(runs: Dict[str, List[dict]], precision: dict,
@@ -279,14 +285,16 @@ def precision_section(runs: Dict[str, List[dict]], precision: dict,
   values = precision_values(runs, precision)
   labels = [label for label in ("float",) + tuple(c for c, _ in PTQ_COLUMNS) + (QAT_COLUMN,)
             if any(cols.get(label) for cols in values.values())]
+  tuned = any(cols.get(FINE_TUNE_COLUMN) for cols in values.values())
   lines = ["## Precision", "",
            "Top-1 (%) of each float variant, mean ± std over seeds (n): as trained, as "
            "int8 after post-training quantization (PTQ) of the same weights, and "
            "(where run) after quantization-aware training (QAT) from them.", "",
-           "| variant | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
+           "| variant | " + " | ".join(labels + [FINE_TUNE_COLUMN] * tuned) + " |",
+           "|---|" + "---:|" * (len(labels) + tuned)]
   for variant, cols in values.items():
     cells = [f"{fmt(stats(list(cols[l].values())), 2)} ({len(cols[l])})" if cols.get(l)
-             else "" for l in labels]
+             else "" for l in labels + [FINE_TUNE_COLUMN] * tuned]
     lines.append(f"| {variant} | " + " | ".join(cells) + " |")
   costs = {v: {l: minus(cols[l], cols["float"]) for l in labels[1:] if cols.get(l)}
            for v, cols in values.items()}
@@ -296,6 +304,15 @@ def precision_section(runs: Dict[str, List[dict]], precision: dict,
     for label, diffs in by_label.items():
       d, line = difference(diffs)
       lines.append(f"- {v}, {label} − float: {line}. **{cost_verdict(f'{v} in {label}', d)}**")
+  if tuned:
+    lines += ["", f"QAT against the same fine-tune in float ({FINE_TUNE_COLUMN}: QAT's "
+              "schedule without quantization), paired by seed: what quantization costs "
+              "once the extra epochs are accounted for.", ""]
+    for v, cols in values.items():
+      if cols.get(QAT_COLUMN) and cols.get(FINE_TUNE_COLUMN):
+        d, line = difference(minus(cols[QAT_COLUMN], cols[FINE_TUNE_COLUMN]))
+        lines.append(f"- {v}, {QAT_COLUMN} − {FINE_TUNE_COLUMN}: {line}. "
+                     f"**{cost_verdict(f'{v} in {QAT_COLUMN} (against its float fine-tune)', d)}**")
   if ref in costs:
     lines += ["", f"Is the cost different from **{ref}**'s? Per seed, (int8 − float) of "
               f"the variant minus (int8 − float) of {ref}; positive: the variant loses "
@@ -446,7 +463,8 @@ def plot_gap(ax, runs: Dict[str, List[dict]], gap: dict):
 def plot_precision(ax, runs: Dict[str, List[dict]], precision: dict):
   """Grouped bars: each float variant's top-1 as float and as int8."""
   values = precision_values(runs, precision)
-  labels = [label for label in ("float",) + tuple(c for c, _ in PTQ_COLUMNS) + (QAT_COLUMN,)
+  labels = [label for label in ("float",) + tuple(c for c, _ in PTQ_COLUMNS)
+            + (QAT_COLUMN, FINE_TUNE_COLUMN)
             if any(cols.get(label) for cols in values.values())]
   width = 0.8 / len(labels)
   low = 100.0
