@@ -344,6 +344,8 @@ def test_precision_section_pairs_int8_with_its_own_float_run(tmp_path):
   assert "| b | 80.00 ± 0.00 (3) |" in precision  # no fine-tune: an empty cell
   # QAT against the float fine-tune: -0.5, 0, +0.5
   assert "- a, int8 QAT − float fine-tuned: mean +0.00, 95% CI [-1.24, 1.24]" in precision
+  # Against a, b's QAT cost is b_qat - b (no fine-tune), a's a_qat - a_ft: -1 - 0
+  assert "- int8 QAT: (b) − (a): mean -1.00" in precision
   assert "- a, int8 PTQ per-tensor − float: mean -1.00, 95% CI [-1.00, -1.00]" in precision
   assert "**a in int8 QAT gains 0.50 points" in precision
   assert "**b in int8 QAT loses 1.00 points" in precision

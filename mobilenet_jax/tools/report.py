@@ -313,10 +313,14 @@ def precision_section(runs: Dict[str, List[dict]], precision: dict,
         d, line = difference(minus(cols[QAT_COLUMN], cols[FINE_TUNE_COLUMN]))
         lines.append(f"- {v}, {QAT_COLUMN} − {FINE_TUNE_COLUMN}: {line}. "
                      f"**{cost_verdict(f'{v} in {QAT_COLUMN} (against its float fine-tune)', d)}**")
+  for v, cols in values.items():  # QAT's own cost: against its float fine-tune
+    if QAT_COLUMN in costs[v] and cols.get(FINE_TUNE_COLUMN):
+      costs[v][QAT_COLUMN] = minus(cols[QAT_COLUMN], cols[FINE_TUNE_COLUMN])
   if ref in costs:
     lines += ["", f"Is the cost different from **{ref}**'s? Per seed, (int8 − float) of "
-              f"the variant minus (int8 − float) of {ref}; positive: the variant loses "
-              "less.", ""]
+              f"the variant minus (int8 − float) of {ref} (for QAT, where a float "
+              "fine-tune was run, int8 QAT − float fine-tuned); positive: int8 costs "
+              "the variant less.", ""]
     for v in (v for v in costs if v != ref):
       for label in (l for l in costs[v] if l in costs[ref]):
         d, line = difference(minus(costs[v][label], costs[ref][label]))
