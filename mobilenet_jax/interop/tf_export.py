@@ -37,7 +37,7 @@ import numpy as np
 from mobilenet_jax import timing
 from mobilenet_jax.models import get_model
 from mobilenet_jax.ops.quantize import Quantization, rounded_float_variables
-from mobilenet_jax.training import checkpoint, run
+from mobilenet_jax.training import checkpoint, run, steps
 from mobilenet_jax.errors import ConfigError
 
 FORMATS = ("tflite", "saved_model")
@@ -52,13 +52,6 @@ def load_run(workdir: str, step: Optional[int] = None):
   return (run.model_config(meta), run.image_size(meta),
           ml_collections.ConfigDict(config) if config else None,
           {"params": state["params"], "batch_stats": state["batch_stats"]})
-
-
-def run_quantization(config) -> Optional[Quantization]:
-  """How the run was trained: None (float) or its QAT quantization."""
-  if config is None or config.get("quantization", "none") == "none":
-    return None
-  return Quantization(config.quantize_weights, config.quantize_activations)
 
 
 def inference_fn(model_config: dict, variables,
@@ -205,7 +198,7 @@ def export(workdir: str, fmt: str, quantize: str = "none", out: Optional[str] = 
   if os.path.exists(out):
     raise ConfigError(f"{out} exists; remove it or pass another --out (nothing was changed).")
   model_config, image_size, run_config, variables = load_run(workdir)
-  quantization = run_quantization(run_config)
+  quantization = steps.quantization(run_config) if run_config else None
   if quantization is not None and quantize != "int8":
     raise ConfigError(f"{workdir} was trained with quantization-aware training "
                       f"(quantization={run_config.quantization!r}), which only an int8 "

@@ -58,7 +58,7 @@ def quantization(config, weights: Optional[str] = None,
   are being measured)."""
   if weights is not None:
     return quantize.Quantization(weights, True, calibrating)
-  if config.quantization == "none":
+  if config.get("quantization", "none") == "none":  # older runs' configs lack the key
     return None
   return quantize.Quantization(config.quantize_weights, config.quantize_activations)
 
