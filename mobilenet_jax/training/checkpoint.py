@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 import traceback
-from typing import Any, Optional, Tuple
+from typing import Optional, Tuple
 
 import flax
 import grain
@@ -50,7 +50,7 @@ def create_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   """Saves are synchronous (`save` waits for them anyway): a failed write is
   then one exception here, not tracebacks from orbax's background threads.
   Temporary directories of saves that never finished are removed."""
-  drop_late_write_callbacks()
+  quiet_orbax_leftovers()
   return ocp.CheckpointManager(
       os.path.abspath(os.path.join(workdir, "checkpoints")),
       options=ocp.CheckpointManagerOptions(
@@ -58,41 +58,58 @@ def create_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
           cleanup_tmp_directories=True))
 
 
+LEFT_BEHIND = ("exception was never retrieved", "Task was destroyed but it is pending")
+
+
 class OrbaxTasksLeftBehind(py_logging.Filter):
-  """Drops asyncio's "Task (or Future) exception was never retrieved" for
-  orbax's writes: the ones a failed save left behind, reported at exit."""
+  """Drops asyncio's reports of orbax's tasks that a failed save or restore
+  left behind ("exception was never retrieved", "Task was destroyed but it is
+  pending"), printed at exit."""
 
   def filter(self, record) -> bool:
-    if "exception was never retrieved" not in record.getMessage():
+    message = record.getMessage()
+    if not any(kind in message for kind in LEFT_BEHIND):
       return True
     error = record.exc_info[1] if record.exc_info else None
     frames = traceback.extract_tb(error.__traceback__) if error is not None else []
-    return not ("/orbax/" in record.getMessage()
+    return not ("/orbax/" in message
                 or any("/orbax/" in frame.filename for frame in frames))
 
 
-def drop_late_write_callbacks():
-  """Quiets what the other writes of a save that failed (a full disk) print.
+def is_orbax_leftover(unraisable) -> bool:
+  """What orbax's abandoned work raises where no one can catch it:
+  - a write of a failed save reporting back to the closed event loop
+    ("Event loop is closed", from TensorStore's threads);
+  - a read of a failed restore, closed at exit while still waiting
+    (orbax turns the GeneratorExit into "Encountered error while reading")."""
+  error, tb, where = unraisable.exc_value, unraisable.exc_traceback, unraisable.object
+  if (unraisable.exc_type is RuntimeError and str(error) == "Event loop is closed"
+      and tb is not None and tb.tb_frame.f_code.co_name == "call_soon_threadsafe"):
+    return True
+  code = getattr(where, "cr_code", None)  # a coroutine's
+  return (code is not None and "/orbax/" in code.co_filename
+          and isinstance(getattr(error, "__cause__", None), GeneratorExit))
 
-  Orbax's event loop ends with the first write's error while TensorStore's
-  other writes are still going. Each of them then fails to report back to
-  the closed loop ("Event loop is closed", through sys.unraisablehook from
-  TensorStore's threads), and asyncio reports their tasks at exit; dozens of
-  tracebacks that bury the one line `save` prints. Exactly those are
-  dropped; anything else passes as before."""
+
+def quiet_orbax_leftovers():
+  """Quiets what orbax's other reads and writes print once one has failed.
+
+  Orbax's event loop ends with the first error (a full disk, a damaged
+  array) while TensorStore's other reads and writes are still going. They
+  then report through sys.unraisablehook and asyncio's log, at once or at
+  exit: dozens of tracebacks that bury the one line the failure gets
+  (`save`'s WriteError, the loop's "cannot be read"). Exactly those are
+  dropped (`is_orbax_leftover`, `OrbaxTasksLeftBehind`); anything else
+  passes as before."""
   previous = sys.unraisablehook
-  if getattr(previous, "drops_late_write_callbacks", False):
+  if getattr(previous, "quiets_orbax_leftovers", False):
     return
 
   def hook(unraisable):
-    tb = unraisable.exc_traceback
-    if (unraisable.exc_type is RuntimeError
-        and str(unraisable.exc_value) == "Event loop is closed"
-        and tb is not None and tb.tb_frame.f_code.co_name == "call_soon_threadsafe"):
-      return
-    previous(unraisable)
+    if not is_orbax_leftover(unraisable):
+      previous(unraisable)
 
-  hook.drops_late_write_callbacks = True
+  hook.quiets_orbax_leftovers = True
   sys.unraisablehook = hook
   py_logging.getLogger("asyncio").addFilter(OrbaxTasksLeftBehind())
 
