@@ -10,16 +10,22 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_b
 
 
 def host_cpu() -> dict:
-  """The CPU's model name and which of CPU_FLAGS it has (Linux; empty elsewhere)."""
+  """The CPU's model name, its family/model/stepping (cloud VMs call several
+  generations "Intel(R) Xeon(R) Processor"; model 143 is Sapphire Rapids, 207
+  Emerald Rapids), and which of CPU_FLAGS it has (Linux; empty elsewhere)."""
   try:
     with open("/proc/cpuinfo", encoding="utf-8") as f:
       text = f.read()
   except OSError:
-    return {"model": "", "flags": []}
+    return {"model": "", "id": "", "flags": []}
   fields = dict(line.split(":", 1) for line in text.splitlines()[:40] if ":" in line)
   fields = {k.strip(): v.strip() for k, v in fields.items()}
   have = set(fields.get("flags", "").split())
-  return {"model": fields.get("model name", ""), "flags": [f for f in CPU_FLAGS if f in have]}
+  numbers = [f"{key} {fields[key]}" for key in ("cpu family", "model", "stepping")
+             if key in fields]
+  return {"model": fields.get("model name", ""),
+          "id": ", ".join(numbers).replace("cpu family", "family"),
+          "flags": [f for f in CPU_FLAGS if f in have]}
 
 
 def time_steps(step, warmup: int, steps: int):

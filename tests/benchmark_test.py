@@ -86,12 +86,14 @@ def peer_run(train_img_s):
 def test_host_cpu_names_the_model_and_the_flags_that_matter(monkeypatch, tmp_path):
   from mobilenet_jax import timing
   cpuinfo = tmp_path / "cpuinfo"
-  cpuinfo.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Gold 6438Y+\n"
+  cpuinfo.write_text("processor\t: 0\ncpu family\t: 6\nmodel\t\t: 143\n"
+                     "model name\t: Intel(R) Xeon(R) Gold 6438Y+\nstepping\t: 8\n"
                      "flags\t\t: fpu sse2 avx2 avx512f amx_tile amx_bf16\n")
   real_open = open
   monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(
       cpuinfo if path == "/proc/cpuinfo" else path, *a, **k))
   assert timing.host_cpu() == {"model": "Intel(R) Xeon(R) Gold 6438Y+",
+                               "id": "family 6, model 143, stepping 8",
                                "flags": ["avx2", "avx512f", "amx_tile", "amx_bf16"]}
 
 

@@ -305,7 +305,8 @@ def print_table(result: dict):
            if result["rounds"] > 1 else ""))
   cpu = result.get("cpu") or {}
   if cpu.get("model"):
-    print(f"CPU {cpu['model']} ({', '.join(cpu['flags']) or 'no AVX2'})")
+    ident = f"{cpu['id']}; " if cpu.get("id") else ""
+    print(f"CPU {cpu['model']} ({ident}{', '.join(cpu['flags']) or 'no AVX2'})")
   rows = [("mobilenet_jax", result)] + [(p["peer"], p) for p in result.get("peers", [])]
   variants = result.get("variants", [])
   print(f"{'system':<16}{'mode':<7}{'img/s':>9}{'median ms':>11}{'min ms':>9}"
