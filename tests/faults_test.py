@@ -252,7 +252,7 @@ def test_a_job_of_two_processes_resumes_past_a_damaged_checkpoint(
 
 
 ABANDONED_READ = """
-import asyncio, sys
+import asyncio, gc, sys, time, weakref
 import jax, numpy as np, tensorstore as ts
 from orbax.checkpoint._src.serialization import limits, serialization
 from mobilenet_jax.training import checkpoint
@@ -270,7 +270,15 @@ read = loop.create_task(serialization._read_array_index_and_device_put(
 loop.run_until_complete(asyncio.sleep(0))
 assert not read.done()
 loop.close()
-del read  # what restore does: nothing keeps it; it is closed at exit
+# What restore leaves: only TensorStore's pending callback holds the read. Once it
+# has fired (into the closed loop), the read is collected and closed, as at exit.
+collected = weakref.ref(read)
+del read
+deadline = time.time() + 60
+while collected() is not None and time.time() < deadline:
+  gc.collect()
+  time.sleep(0.05)
+assert collected() is None, "the read was never collected"
 class Other:
   def __del__(self):
     raise ValueError("an unrelated error in a destructor")
