@@ -4,6 +4,8 @@ check and the TFLite export's latency."""
 import statistics
 import time
 
+# /proc/cpuinfo's numbers that tell CPU generations apart -> how they are printed
+CPU_NUMBERS = (("cpu family", "family"), ("model", "model"), ("stepping", "stepping"))
 # The instruction sets that decide a CPU's speed here: oneDNN (Keras, PyTorch)
 # uses AVX-512 and AMX where present, which XLA's CPU backend mostly does not.
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
@@ -21,10 +23,8 @@ def host_cpu() -> dict:
   fields = dict(line.split(":", 1) for line in text.splitlines()[:40] if ":" in line)
   fields = {k.strip(): v.strip() for k, v in fields.items()}
   have = set(fields.get("flags", "").split())
-  numbers = [f"{key} {fields[key]}" for key in ("cpu family", "model", "stepping")
-             if key in fields]
-  return {"model": fields.get("model name", ""),
-          "id": ", ".join(numbers).replace("cpu family", "family"),
+  numbers = [f"{label} {fields[key]}" for key, label in CPU_NUMBERS if key in fields]
+  return {"model": fields.get("model name", ""), "id": ", ".join(numbers),
           "flags": [f for f in CPU_FLAGS if f in have]}
 
 

@@ -232,6 +232,13 @@ PTQ_COLUMNS = (("int8 PTQ per-channel", "eval_top1_ptq_per_channel"),
                ("int8 PTQ per-tensor", "eval_top1_ptq_per_tensor"))
 QAT_COLUMN = "int8 QAT"
 FINE_TUNE_COLUMN = "float fine-tuned"  # QAT's schedule without quantization
+PRECISION_COLUMNS = (("float",) + tuple(c for c, _ in PTQ_COLUMNS)
+                     + (QAT_COLUMN, FINE_TUNE_COLUMN))
+
+
+def present_columns(values: Dict[str, dict]) -> List[str]:
+  """The PRECISION_COLUMNS that some variant of `values` has runs for."""
+  return [c for c in PRECISION_COLUMNS if any(cols.get(c) for cols in values.values())]
 
 
 def precision_values(runs: Dict[str, List[dict]], precision: dict) -> Dict[str, dict]:
@@ -283,20 +290,19 @@ def cost_difference_verdict(a: str, b: str, label: str, d: dict) -> str:
 def precision_section(runs: Dict[str, List[dict]], precision: dict,
                       ref: Optional[str]) -> List[str]:
   values = precision_values(runs, precision)
-  labels = [label for label in ("float",) + tuple(c for c, _ in PTQ_COLUMNS) + (QAT_COLUMN,)
-            if any(cols.get(label) for cols in values.values())]
-  tuned = any(cols.get(FINE_TUNE_COLUMN) for cols in values.values())
+  columns = present_columns(values)
+  tuned = FINE_TUNE_COLUMN in columns
+  int8_labels = [c for c in columns if c not in ("float", FINE_TUNE_COLUMN)]
   lines = ["## Precision", "",
            "Top-1 (%) of each float variant, mean ± std over seeds (n): as trained, as "
            "int8 after post-training quantization (PTQ) of the same weights, and "
            "(where run) after quantization-aware training (QAT) from them.", "",
-           "| variant | " + " | ".join(labels + [FINE_TUNE_COLUMN] * tuned) + " |",
-           "|---|" + "---:|" * (len(labels) + tuned)]
+           "| variant | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
   for variant, cols in values.items():
     cells = [f"{fmt(stats(list(cols[l].values())), 2)} ({len(cols[l])})" if cols.get(l)
-             else "" for l in labels + [FINE_TUNE_COLUMN] * tuned]
+             else "" for l in columns]
     lines.append(f"| {variant} | " + " | ".join(cells) + " |")
-  costs = {v: {l: minus(cols[l], cols["float"]) for l in labels[1:] if cols.get(l)}
+  costs = {v: {l: minus(cols[l], cols["float"]) for l in int8_labels if cols.get(l)}
            for v, cols in values.items()}
   lines += ["", "What int8 costs, paired by seed: int8 − float top-1 points of the same "
             "run (QAT: the fine-tuned run against the float run it started from).", ""]
@@ -310,12 +316,11 @@ def precision_section(runs: Dict[str, List[dict]], precision: dict,
               "once the extra epochs are accounted for.", ""]
     for v, cols in values.items():
       if cols.get(QAT_COLUMN) and cols.get(FINE_TUNE_COLUMN):
-        d, line = difference(minus(cols[QAT_COLUMN], cols[FINE_TUNE_COLUMN]))
+        # QAT's own cost, from here on (and against compare_to below)
+        costs[v][QAT_COLUMN] = minus(cols[QAT_COLUMN], cols[FINE_TUNE_COLUMN])
+        d, line = difference(costs[v][QAT_COLUMN])
         lines.append(f"- {v}, {QAT_COLUMN} − {FINE_TUNE_COLUMN}: {line}. "
                      f"**{cost_verdict(f'{v} in {QAT_COLUMN} (against its float fine-tune)', d)}**")
-  for v, cols in values.items():  # QAT's own cost: against its float fine-tune
-    if QAT_COLUMN in costs[v] and cols.get(FINE_TUNE_COLUMN):
-      costs[v][QAT_COLUMN] = minus(cols[QAT_COLUMN], cols[FINE_TUNE_COLUMN])
   if ref in costs:
     lines += ["", f"Is the cost different from **{ref}**'s? Per seed, (int8 − float) of "
               f"the variant minus (int8 − float) of {ref} (for QAT, where a float "
@@ -467,9 +472,7 @@ def plot_gap(ax, runs: Dict[str, List[dict]], gap: dict):
 def plot_precision(ax, runs: Dict[str, List[dict]], precision: dict):
   """Grouped bars: each float variant's top-1 as float and as int8."""
   values = precision_values(runs, precision)
-  labels = [label for label in ("float",) + tuple(c for c, _ in PTQ_COLUMNS)
-            + (QAT_COLUMN, FINE_TUNE_COLUMN)
-            if any(cols.get(label) for cols in values.values())]
+  labels = present_columns(values)
   width = 0.8 / len(labels)
   low = 100.0
   for i, label in enumerate(labels):
