@@ -10,11 +10,11 @@ import functools
 from typing import Sequence, Tuple, Union
 
 import flax.linen as nn
-from jax import lax
 
 from mobilenet_jax.errors import check_choice
 from mobilenet_jax.models.base import LayerSettings
 from mobilenet_jax.ops.batchnorm import ACTIVATIONS, BATCHNORM_IMPLS, BatchNormAct, activate
+from mobilenet_jax.ops.conv import Conv, conv
 from mobilenet_jax.ops.depthwise import IMPL_FNS as depthwise_fns
 from mobilenet_jax.ops.depthwise import DepthwiseConv, resolve_impl
 from mobilenet_jax.ops.pointwise import Pointwise, pointwise
@@ -59,11 +59,8 @@ class ConvBN(nn.Module):
     elif self.kernel_size == 1 and self.strides == 1 and self.groups == 1:
       x = Pointwise(self.features, s.dtype, s.pointwise_impl, s.initializer(), name="conv")(x)
     else:
-      x = nn.Conv(self.features, (self.kernel_size, self.kernel_size),
-                  strides=self.strides, padding=self.padding,
-                  kernel_dilation=self.dilation, feature_group_count=self.groups,
-                  use_bias=False, dtype=s.dtype, kernel_init=s.initializer(),
-                  name="conv")(x)
+      x = Conv(self.features, self.kernel_size, self.strides, self.padding, self.dilation,
+               self.groups, s.depthwise_impl, s.dtype, s.initializer(), name="conv")(x)
     check_choice("batchnorm_impl", s.batchnorm_impl, BATCHNORM_IMPLS)
     if s.batchnorm_impl == "flax":  # the reference the fused form is tested against
       x = nn.BatchNorm(use_running_average=not train or frozen, momentum=s.bn_momentum,
@@ -84,10 +81,9 @@ class ConvBN(nn.Module):
       return lambda x, kernel: impl(x, kernel, self.strides, self.padding, self.dilation)
     if self.kernel_size == 1 and self.strides == 1 and self.groups == 1:
       return lambda x, kernel: pointwise(x, kernel, s.pointwise_impl)
-    return functools.partial(
-        lax.conv_general_dilated, window_strides=(self.strides,) * 2, padding=self.padding,
-        rhs_dilation=(self.dilation,) * 2, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=self.groups)
+    return functools.partial(conv, strides=self.strides, padding=self.padding,
+                             dilation=self.dilation, groups=self.groups,
+                             depthwise_impl=s.depthwise_impl)
 
 
 class SeparableBlock(nn.Module):

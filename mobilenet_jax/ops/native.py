@@ -1,12 +1,13 @@
-"""Builds the native CPU depthwise kernel (depthwise_cpu.cc) and registers it with XLA.
+"""Builds the native CPU kernels (depthwise_cpu.cc: the depthwise convolution,
+and the stem's image patches) and registers them with XLA.
 
-The kernel is compiled on first use with the machine's C++ compiler against the
+The library is compiled on first use with the machine's C++ compiler against the
 installed jaxlib's FFI headers, for this CPU (-march=native), and cached in
 `$MOBILENET_JAX_CACHE` (default ~/.cache/mobilenet_jax) under a key of the source,
 compiler command, CPU and jax version, as torch.utils.cpp_extension and Triton do.
 Building per machine keeps the package pure Python and the kernel tuned to the CPU
 it runs on. Without a working compiler the depthwise falls back to the pure-JAX
-shifted form (`depthwise_impl="auto"`), or fails with the compiler's message when
+shifted form and the stem to XLA's convolution (`depthwise_impl="auto"`), or fails with the compiler's message when
 `depthwise_impl="native"` was asked for.
 """
 
@@ -31,6 +32,7 @@ TARGETS = {
     "DepthwiseForward": "mobilenet_jax_depthwise_forward",
     "DepthwiseInputGrad": "mobilenet_jax_depthwise_input_grad",
     "DepthwiseKernelGrad": "mobilenet_jax_depthwise_kernel_grad",
+    "Patches": "mobilenet_jax_patches",
 }
 # Tried in order: tuned for this CPU, then portable (compilers without -march=native).
 ARCH_FLAGS = (["-march=native"], [])
@@ -97,7 +99,7 @@ def build(cxx: str, arch: list) -> pathlib.Path:
 
 @functools.cache
 def load() -> ctypes.CDLL:
-  """Builds (once per machine) and registers the kernel's three FFI targets."""
+  """Builds (once per machine) and registers the library's FFI targets (TARGETS)."""
   cxx, errors = compiler(), []
   for arch in ARCH_FLAGS:
     try:
