@@ -15,6 +15,7 @@ from mobilenet_jax import parallel
 from mobilenet_jax.errors import ConfigError
 from mobilenet_jax.models import get_model
 from mobilenet_jax.ops import depthwise, native
+from mobilenet_jax.ops.batchnorm import activate
 from mobilenet_jax.ops.depthwise import depthwise_lax, depthwise_native, depthwise_shift
 
 FAST = {"shift": depthwise_shift, "native": depthwise_native}
@@ -116,6 +117,74 @@ def test_bad_dilation_is_a_clear_error(dilation, impl):
   x, kernel = jnp.ones((1, 8, 8, 2)), jnp.ones((3, 3, 1, 2))
   with pytest.raises(ConfigError, match="dilation"):
     depthwise.IMPL_FNS[impl](x, kernel, 1, "SAME", dilation)
+
+
+@pytest.mark.parametrize("strides, dilation, channels, multiplier, prologue", [
+    (1, 1, 45, 1, False), (2, 1, 45, 1, False), (1, 2, 37, 1, False), (2, 1, 5, 2, False),
+    (1, 1, 45, 1, True), (2, 1, 37, 1, True), (1, 2, 45, 1, True)])
+@pytest.mark.parametrize("activation", ["relu6", "relu", "linear"])
+def test_native_fused_forward_equals_reference_and_gradients(strides, dilation, channels,
+                                                             multiplier, prologue, activation):
+  """The forward pass with batch norm's bias and the activation as its epilogue,
+  and the previous layer's shift and activation as its prologue (45 and 37
+  channels reach the kernel's 32-, 8- and 1-wide loops), against the same ops
+  composed around lax; inputs wide enough that ReLU6 clips at both ends."""
+  x = 3 * jax.random.normal(jax.random.key(0), (2, 9, 8, channels))
+  kernel = jax.random.normal(jax.random.key(1), (3, 3, 1, channels * multiplier))
+  bias = jax.random.normal(jax.random.key(2), (channels * multiplier,))
+  shift = jax.random.normal(jax.random.key(3), (channels,)) if prologue else None
+  pre = "relu6" if activation == "relu" else "relu"  # a different one before
+
+  def fn(impl):
+    return lambda x, w, b, s: depthwise.depthwise_bias_act(
+        x, w, b, activation, strides, "SAME", dilation, impl, s, pre)
+
+  def reference(x, w, b, s):
+    x = x if s is None else activate(x + s, pre)
+    return activate(lax_reference(x, w, strides, "SAME", dilation) + b, activation)
+
+  out, ref = fn("native")(x, kernel, bias, shift), reference(x, kernel, bias, shift)
+  if activation == "relu6":
+    assert float(jnp.mean(ref == 6.0)) > 0.05 and float(jnp.mean(ref == 0.0)) > 0.05
+  np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
+  argnums = (0, 1, 2, 3) if prologue else (0, 1, 2)
+  loss = lambda f: jax.jit(jax.grad(lambda *a: jnp.sum(jnp.sin(f(*a))), argnums=argnums))
+  for a, b in zip(loss(fn("native"))(x, kernel, bias, shift),
+                  loss(reference)(x, kernel, bias, shift)):
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2"])
+def test_inference_folds_batch_norm_into_the_native_depthwise(name):
+  """Under running statistics every native depthwise layer computes
+  act(conv(pre(x + shift), k * a) + b) in one kernel, taking the previous
+  layer's pending shift and activation (the stem's, an expansion's, a
+  pointwise's); the logits and every endpoint are those of the unfolded
+  conv -> batch norm -> act of depthwise "lax", with any statistics."""
+  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  folded, unfolded = (get_model(dict(name=name, alpha=0.35, num_classes=7, depthwise_impl=impl))
+                      for impl in ("native", "lax"))
+  variables = unfolded.init(jax.random.key(1), x)
+  keys = iter(jax.random.split(jax.random.key(2), 1000))
+  noise = lambda tree, s: jax.tree.map(
+      lambda a: a + s * jax.random.normal(next(keys), a.shape), tree)
+  variables = {"params": noise(variables["params"], 0.1),
+               "batch_stats": jax.tree.map(jnp.abs, noise(variables["batch_stats"], 0.3))}
+  infer = jax.jit(folded.apply)
+  train = jax.jit(lambda v, x: folded.apply(v, x, train=True, mutable=["batch_stats"],
+                                            rngs={"dropout": jax.random.key(3)}))
+  fused = [line for line in infer.lower(variables, x).as_text().splitlines()
+           if "depthwise_forward_fused" in line]
+  assert len(fused) == (13 if name == "mobilenet_v1" else 17)
+  assert not any("tensor<0xf32>" in line for line in fused)  # each with its input's shift
+  assert "depthwise_forward_fused" not in train.lower(variables, x).as_text()
+  np.testing.assert_allclose(infer(variables, x), unfolded.apply(variables, x),
+                             atol=1e-4, rtol=1e-4)
+  ends, ends_ref = (jax.jit(lambda v, x, m=m: m.apply(v, x, endpoints=True))(variables, x)
+                    for m in (folded, unfolded))
+  assert ends.keys() == ends_ref.keys()
+  for key in ends:
+    np.testing.assert_allclose(ends[key], ends_ref[key], atol=1e-4, rtol=1e-4, err_msg=key)
 
 
 # A short V1 keeps this quick; it has stride-2 (Keras-padded) and depth-

@@ -9,18 +9,45 @@ per-layer summary rely on. Every block takes the network's `LayerSettings`
 import functools
 from typing import Sequence, Tuple, Union
 
+import flax
 import flax.linen as nn
+import jax
 
 from mobilenet_jax.errors import check_choice
 from mobilenet_jax.models.base import LayerSettings
-from mobilenet_jax.ops.batchnorm import ACTIVATIONS, BATCHNORM_IMPLS, BatchNormAct, activate
-from mobilenet_jax.ops.conv import Conv, conv
+from mobilenet_jax.ops.batchnorm import (ACTIVATIONS, BATCHNORM_IMPLS, BatchNormAct,
+                                         BatchNormVariables, activate, fold)
+from mobilenet_jax.ops.conv import Conv, KernelParam, conv
 from mobilenet_jax.ops.depthwise import IMPL_FNS as depthwise_fns
-from mobilenet_jax.ops.depthwise import DepthwiseConv, resolve_impl
+from mobilenet_jax.ops.depthwise import DepthwiseConv, depthwise_bias_act, resolve_impl
 from mobilenet_jax.ops.pointwise import Pointwise, pointwise
 from mobilenet_jax.ops import quantize
 
 Padding = Union[str, Sequence[Tuple[int, int]]]
+
+
+@flax.struct.dataclass
+class PreActivation:
+  """A layer's output at inference, batch norm folded into its kernel, with its
+  shift and activation not yet applied: the native depthwise layer that reads
+  it applies them as it loads rows, saving a pass over the tensor. Anything else
+  takes `value(x)`, which XLA computes only where it is used."""
+  raw: jax.Array
+  shift: jax.Array
+  activation: str = flax.struct.field(pytree_node=False)
+
+  @property
+  def shape(self):
+    return self.raw.shape
+
+  def value(self):
+    return activate(self.raw + self.shift, self.activation)
+
+
+def value(x):
+  """The tensor `x` stands for: x, or a PreActivation's activated value."""
+  return x.value() if isinstance(x, PreActivation) else x
+
 
 class ConvBN(nn.Module):
   """k x k convolution without bias -> batch norm -> optional activation.
@@ -39,20 +66,35 @@ class ConvBN(nn.Module):
   settings: LayerSettings = LayerSettings()
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, defer: bool = False):
+    """act(BN(conv(x))) for x an array or a PreActivation. With `defer` (the
+    caller's consumer is a depthwise layer), a folded 1x1 or full convolution
+    returns a PreActivation instead."""
     s = self.settings
     check_choice("activation", self.activation, ACTIVATIONS)
     # A frozen batch norm normalises with its running statistics in training
     # too (and the optimizer leaves its scale and offset alone: optim.py).
     frozen = s.bn_is_frozen(self.path)
     if s.quantization is not None:
+      x = value(x)
       return quantize.conv_bn(
           x, train, self.conv_function(x), features=self.features,
           kernel_size=self.kernel_size, groups=self.groups, activation=self.activation,
           quantization=s.quantization, momentum=s.bn_momentum, epsilon=s.bn_epsilon,
           kernel_init=s.initializer(), initializing=self.is_initializing(),
           frozen=frozen, axis_name=s.bn_axis_name, dtype=s.dtype)
-    if self.groups > 1 and self.groups == x.shape[-1]:
+    check_choice("batchnorm_impl", s.batchnorm_impl, BATCHNORM_IMPLS)
+    depthwise = self.groups > 1 and self.groups == x.shape[-1]
+    # Under running statistics on CPU, batch norm folds into the convolution and
+    # its shift and activation into the native depthwise kernel's passes.
+    folds = ((not train or frozen) and s.batchnorm_impl == "fused"
+             and resolve_impl(s.depthwise_impl) == "native")
+    if folds and depthwise:
+      return self.folded_depthwise(x)
+    x = value(x)
+    if folds and defer:
+      return self.folded_conv(x)
+    if depthwise:
       x = DepthwiseConv(self.features, self.kernel_size, self.strides,
                         self.padding, s.depthwise_impl, s.dtype,
                         dilation=self.dilation, kernel_init=s.initializer(), name="conv")(x)
@@ -61,7 +103,6 @@ class ConvBN(nn.Module):
     else:
       x = Conv(self.features, self.kernel_size, self.strides, self.padding, self.dilation,
                self.groups, s.depthwise_impl, s.dtype, s.initializer(), name="conv")(x)
-    check_choice("batchnorm_impl", s.batchnorm_impl, BATCHNORM_IMPLS)
     if s.batchnorm_impl == "flax":  # the reference the fused form is tested against
       x = nn.BatchNorm(use_running_average=not train or frozen, momentum=s.bn_momentum,
                        epsilon=s.bn_epsilon, axis_name=s.bn_axis_name, dtype=s.dtype,
@@ -71,6 +112,36 @@ class ConvBN(nn.Module):
                         epsilon=s.bn_epsilon, axis_name=s.bn_axis_name,
                         activation=self.activation, dtype=s.dtype, name="bn")(x)
 
+  def folded_variables(self, kernel_shape):
+    """The kernel scaled by batch norm's running statistics, and the shift left
+    over: the same variables ("conv/kernel", "bn/...") as the unfolded layer."""
+    s = self.settings
+    kernel = KernelParam(kernel_shape, s.initializer(), name="conv")()
+    scale, bias, mean, var = BatchNormVariables(self.features, name="bn")()
+    a, b = fold(scale, bias, mean.value, var.value, s.bn_epsilon)
+    return (kernel * a).astype(s.dtype), b
+
+  def folded_conv(self, x):
+    """A 1x1 or full convolution's output as a PreActivation."""
+    kernel, shift = self.folded_variables(
+        (self.kernel_size, self.kernel_size, x.shape[-1] // self.groups, self.features))
+    x = x.astype(self.settings.dtype)
+    return PreActivation(self.conv_function(x)(x, kernel), shift, self.activation)
+
+  def folded_depthwise(self, x):
+    """The depthwise layer with batch norm folded into its kernel and bias, in
+    one native pass: the input's pending shift and activation (a PreActivation)
+    applied as rows are read, this layer's bias and activation as outputs are
+    stored."""
+    s = self.settings
+    kernel, bias = self.folded_variables((self.kernel_size, self.kernel_size, 1,
+                                          self.features))
+    pre = x if isinstance(x, PreActivation) and self.features == x.shape[-1] else None
+    x = pre.raw if pre else value(x)
+    y = depthwise_bias_act(x.astype(s.dtype), kernel, bias, self.activation, self.strides,
+                           self.padding, self.dilation, s.depthwise_impl,
+                           pre.shift if pre else None, pre.activation if pre else "linear")
+    return y.astype(s.dtype)
 
   def conv_function(self, x):
     """(x, kernel) -> the convolution, computed as the float layers above
@@ -89,7 +160,7 @@ class ConvBN(nn.Module):
 class SeparableBlock(nn.Module):
   """MobileNet V1 block: 3x3 depthwise conv+BN+ReLU6, then 1x1 pointwise
   conv+BN+ReLU6 to `features` channels (V1 paper, Figure 3 right).
-  Returns (output, depthwise output)."""
+  Returns (output, depthwise output); the output may be a PreActivation."""
   features: int
   strides: int = 1
   depth_multiplier: int = 1
@@ -101,7 +172,8 @@ class SeparableBlock(nn.Module):
   def __call__(self, x, train: bool = False):
     depthwise = depthwise_conv_bn(x, self.depth_multiplier, self.strides, self.padding,
                                   self.dilation, self.settings, train, "depthwise")
-    x = ConvBN(self.features, 1, settings=self.settings, name="pointwise")(depthwise, train)
+    x = ConvBN(self.features, 1, settings=self.settings, name="pointwise")(depthwise, train,
+                                                                          defer=True)
     return x, depthwise
 
 
@@ -150,10 +222,11 @@ class InvertedResidual(nn.Module):
     inputs = x
     if self.expansion != 1:
       x = ConvBN(expanded_channels(x.shape[-1], self.expansion), 1,
-                 activation=self.activation, settings=self.settings, name="expand")(x, train)
+                 activation=self.activation, settings=self.settings, name="expand")(
+                     x, train, defer=True)
     if (self.shortcut == "expansion" and prev_expansion is not None
         and prev_expansion.shape == x.shape):
-      x = quantized(x + prev_expansion, self.settings, train, "expansion_quant")
+      x = quantized(value(x) + prev_expansion, self.settings, train, "expansion_quant")
       self.sow("intermediates", "expansion_shortcut", prev_expansion)
     expansion = x
     # TF "SAME" padding: for stride 2 it pads 0 before and 1 after on even
@@ -163,9 +236,10 @@ class InvertedResidual(nn.Module):
     x = ConvBN(self.features, 1, activation=self.bottleneck_activation,
                settings=self.settings, name="project")(depthwise, train)
     if self.shortcut == "bottleneck" and inputs.shape == x.shape:
+      inputs = value(inputs)
       x = quantized(x + inputs, self.settings, train, "add_quant")
       self.sow("intermediates", "bottleneck_shortcut", inputs)
-    return x, expansion, depthwise
+    return x, value(expansion), depthwise
 
 
 def expanded_channels(in_channels: int, expansion: float) -> int:

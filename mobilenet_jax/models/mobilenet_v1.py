@@ -11,7 +11,7 @@ import flax.linen as nn
 from mobilenet_jax.errors import ConfigError
 from mobilenet_jax.models.base import (STAGE, TAP, Endpoint, MobileNet,
                                        check_image_size, stride_plan, training_knob)
-from mobilenet_jax.models.layers import ConvBN, FullConvBlock, SeparableBlock
+from mobilenet_jax.models.layers import ConvBN, FullConvBlock, SeparableBlock, value
 
 STEM_CHANNELS = 32
 # (c, s): output channels and stride of each depthwise separable block.
@@ -107,8 +107,8 @@ class MobileNetV1(MobileNet):
     x = self.quantize(x.astype(self.dtype), train, "input_quant")
     x = ConvBN(width(STEM_CHANNELS, self.alpha, self.min_depth), 3, stem_stride,
                conv_padding(stem_stride, self.padding), settings=settings,
-               name="stem")(x, train)
-    ends = {"Conv2d_0": x}
+               name="stem")(x, train, defer=True)
+    ends = {"Conv2d_0": value(x)}
     for (i, c, _), (s, rate) in zip(block_plan(self.blocks, self.shallow), strides):
       c, padding = width(c, self.alpha, self.min_depth), conv_padding(s, self.padding)
       if self.conv_type == "full":
@@ -117,7 +117,7 @@ class MobileNetV1(MobileNet):
       else:
         x, depthwise = SeparableBlock(c, s, self.depth_multiplier, padding, rate,
                                       settings=settings, name=f"block_{i}")(x, train)
-        ends.update({f"Conv2d_{i}_depthwise": depthwise, f"Conv2d_{i}_pointwise": x})
+        ends.update({f"Conv2d_{i}_depthwise": depthwise, f"Conv2d_{i}_pointwise": value(x)})
     if endpoints:
       return ends
-    return self.classifier_head(x, train)
+    return self.classifier_head(value(x), train)

@@ -13,7 +13,7 @@ import flax.linen as nn
 from mobilenet_jax.errors import ConfigError, check_choice
 from mobilenet_jax.models.base import (ALIAS, HEAD, STAGE, TAP, Endpoint, MobileNet,
                                        check_image_size, stride_plan, training_knob)
-from mobilenet_jax.models.layers import ACTIVATIONS, ConvBN, InvertedResidual
+from mobilenet_jax.models.layers import ACTIVATIONS, ConvBN, InvertedResidual, value
 
 STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280
@@ -154,8 +154,8 @@ class MobileNetV2(MobileNet):
     x = self.quantize(x.astype(self.dtype), train, "input_quant")
     x = ConvBN(make_divisible(STEM_CHANNELS * self.alpha, self.divisible_by, self.min_depth),
                3, stem_stride, "SAME", activation=self.activation, settings=settings,
-               name="stem")(x, train)
-    ends = {"layer_1": x}
+               name="stem")(x, train, defer=True)
+    ends = {"layer_1": value(x)}
     expansion = None  # the first block (t = 1) has no expansion layer
     plan = block_plan(self.blocks, self.expansion)
     for i, ((t, c, _), (s, rate)) in enumerate(zip(plan, strides)):

@@ -95,6 +95,32 @@ def _normalize_bwd(epsilon, activation, axis_name, residuals, cotangents):
 _normalize.defvjp(_normalize_fwd, _normalize_bwd)
 
 
+def declare_variables(module: nn.Module, features: int):
+  """flax.linen.BatchNorm's variables in `module` (inside its compact method):
+  params scale, bias; batch_stats mean, var (variables, for updating)."""
+  return (module.param("scale", nn.initializers.ones, (features,)),
+          module.param("bias", nn.initializers.zeros, (features,)),
+          module.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32),
+          module.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32))
+
+
+class BatchNormVariables(nn.Module):
+  """The variables alone (".../bn/scale", ".../bn/mean", ...), for layers that
+  fold batch norm into their convolution (inference, quantization)."""
+  features: int
+
+  @nn.compact
+  def __call__(self):
+    return declare_variables(self, self.features)
+
+
+def fold(scale, bias, mean, var, epsilon):
+  """(a, b) with BN(y) = y * a + b under running statistics: a scales the
+  convolution's kernel, b becomes its bias."""
+  a = scale * lax.rsqrt(var + epsilon)
+  return a, bias - mean * a
+
+
 class BatchNormAct(nn.Module):
   """act(BatchNorm(x)); variables named as flax.linen.BatchNorm's."""
   use_running_average: bool = False
@@ -106,16 +132,11 @@ class BatchNormAct(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    features = x.shape[-1]
-    scale = self.param("scale", nn.initializers.ones, (features,))
-    bias = self.param("bias", nn.initializers.zeros, (features,))
-    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
-    ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+    scale, bias, ra_mean, ra_var = declare_variables(self, x.shape[-1])
     x32 = x.astype(jnp.float32)
     if self.use_running_average:
-      a = scale * lax.rsqrt(ra_var.value + self.epsilon)
-      out = activate(x32 * a + (bias - ra_mean.value * a), self.activation)
-      return out.astype(self.dtype)
+      a, b = fold(scale, bias, ra_mean.value, ra_var.value, self.epsilon)
+      return activate(x32 * a + b, self.activation).astype(self.dtype)
     out, mean, var = _normalize(x32, vary_like(scale, x32), vary_like(bias, x32),
                                 self.epsilon, self.activation, self.axis_name)
     if not self.is_initializing():

@@ -15,7 +15,7 @@ tests/conv_test.py checks outputs and gradients against lax.
 """
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Tuple
 
 import flax.linen as nn
 import jax
@@ -95,6 +95,17 @@ def conv(x, kernel, strides: int, padding: Padding, dilation: int = 1, groups: i
   if uses_patches(x.shape[-1], groups, depthwise_impl):
     return conv_patches(x, kernel, strides, padding, dilation)
   return conv_lax(x, kernel, strides, padding, dilation, groups)
+
+
+class KernelParam(nn.Module):
+  """A kernel parameter by itself, named as a convolution's (".../conv/kernel"),
+  for layers that compute the convolution from a folded or rounded kernel."""
+  shape: Tuple[int, ...]
+  init: Callable
+
+  @nn.compact
+  def __call__(self):
+    return self.param("kernel", self.init, self.shape)
 
 
 class Conv(nn.Module):

@@ -26,6 +26,7 @@ from jax import lax
 
 from mobilenet_jax.errors import ConfigError, check_choice
 from mobilenet_jax.ops import native
+from mobilenet_jax.ops.batchnorm import activate, passes_gradient
 from mobilenet_jax.ops.sharding import vary_like
 
 IMPLS = ("auto", "lax", "shift", "native")
@@ -131,17 +132,19 @@ def depthwise_native(x, kernel, strides: int, padding: Padding, dilation: int = 
   return y.astype(x.dtype)
 
 
-def _ffi(target: str, shape, a, b, geometry):
+def _ffi(target: str, shape, *operands, geometry, **attributes):
   stride, dilation, pad_top, pad_left = (np.int64(v) for v in geometry)
   result = jax.ShapeDtypeStruct(shape, jnp.float32)
   out = jax.ffi.ffi_call(native.TARGETS[target], result, vmap_method="sequential")(
-      a, b, stride=stride, dilation=dilation, pad_top=pad_top, pad_left=pad_left)
-  return vary_like(out, a)
+      *operands, stride=stride, dilation=dilation, pad_top=pad_top, pad_left=pad_left,
+      **{k: np.int64(v) for k, v in attributes.items()})
+  return vary_like(out, operands[0])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _native_conv(x, kernel, geometry, out_hw):
-  return _ffi("DepthwiseForward", (x.shape[0], *out_hw, kernel.shape[-1]), x, kernel, geometry)
+  return _ffi("DepthwiseForward", (x.shape[0], *out_hw, kernel.shape[-1]), x, kernel,
+              geometry=geometry)
 
 
 def _native_conv_fwd(x, kernel, geometry, out_hw):
@@ -150,12 +153,69 @@ def _native_conv_fwd(x, kernel, geometry, out_hw):
 
 def _native_conv_bwd(geometry, out_hw, residuals, dy):
   x, kernel = residuals
-  dx = _ffi("DepthwiseInputGrad", x.shape, dy, kernel, geometry)
-  dkernel = _ffi("DepthwiseKernelGrad", kernel.shape, x, dy, geometry)
+  dx = _ffi("DepthwiseInputGrad", x.shape, dy, kernel, geometry=geometry)
+  dkernel = _ffi("DepthwiseKernelGrad", kernel.shape, x, dy, geometry=geometry)
   return dx, dkernel
 
 
 _native_conv.defvjp(_native_conv_fwd, _native_conv_bwd)
+# The epilogue's activation codes in depthwise_cpu.cc.
+EPILOGUE_ACTIVATIONS = {"linear": 0, "relu": 1, "relu6": 2}
+
+
+def depthwise_bias_act(x, kernel, bias, activation: str, strides: int, padding: Padding,
+                       dilation: int = 1, impl: str = "auto", input_shift=None,
+                       input_activation: str = "linear"):
+  """activation(depthwise(x', kernel) + bias), x' = input_activation(x +
+  input_shift) if a shift is given, else x: batch norms folded into the kernels at
+  inference, this layer's (kernel, bias) and the previous layer's (its kernel
+  scaled, the shift left for here). The native kernel applies the previous
+  layer's shift and activation as it reads rows, and this layer's bias and
+  activation before it stores outputs, saving a pass over its input and one over
+  its output."""
+  impl = resolve_impl(impl)
+  if impl != "native":
+    if input_shift is not None:
+      x = activate(x + input_shift, input_activation)
+    return activate(IMPL_FNS[impl](x, kernel, strides, padding, dilation) + bias, activation)
+  dilation = check_dilation(dilation)
+  native.load()
+  (ph, pw), out_hw = spatial_geometry(x.shape, kernel.shape, strides, padding, dilation)
+  f32 = lambda a: vary_like(a.astype(jnp.float32), x)
+  shift = jnp.zeros((0,)) if input_shift is None else input_shift
+  y = _native_fused(x.astype(jnp.float32), f32(shift), f32(kernel), f32(bias), input_activation,
+                    activation, (strides, dilation, ph[0], pw[0]), out_hw)
+  return y.astype(x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def _native_fused(x, shift, kernel, bias, input_activation, activation, geometry, out_hw):
+  return _ffi("DepthwiseForwardFused", (x.shape[0], *out_hw, kernel.shape[-1]), x, shift, kernel,
+              bias, geometry=geometry, input_activation=EPILOGUE_ACTIVATIONS[input_activation],
+              activation=EPILOGUE_ACTIVATIONS[activation])
+
+
+def _native_fused_fwd(x, shift, kernel, bias, input_activation, activation, geometry, out_hw):
+  y = _native_fused(x, shift, kernel, bias, input_activation, activation, geometry, out_hw)
+  return y, (x, shift, kernel, y)
+
+
+def _native_fused_bwd(input_activation, activation, geometry, out_hw, residuals, dy):
+  """The gradient of activation(conv(x', kernel) + bias), x' recomputed (only
+  something differentiating at inference gets here)."""
+  x, shift, kernel, y = residuals
+  mask = passes_gradient(y, activation)
+  if mask is not None:
+    dy = jnp.where(mask, dy, 0.0)
+  if shift.size == 0:
+    dx, dkernel = _native_conv_bwd(geometry, out_hw, (x, kernel), dy)
+    return dx, shift, dkernel, jnp.sum(dy, axis=(0, 1, 2))
+  pre, vjp = jax.vjp(lambda x, s: activate(x + s, input_activation), x, shift)
+  dpre, dkernel = _native_conv_bwd(geometry, out_hw, (pre, kernel), dy)
+  return (*vjp(dpre), dkernel, jnp.sum(dy, axis=(0, 1, 2)))
+
+
+_native_fused.defvjp(_native_fused_fwd, _native_fused_bwd)
 IMPL_FNS = {"lax": depthwise_lax, "shift": depthwise_shift, "native": depthwise_native}
 
 

@@ -126,34 +126,51 @@ inline V8 Load8(const float* p) {
 }
 inline void Store8(float* p, V8 v) { std::memcpy(p, &v, sizeof v); }
 
+// What the forward pass adds to each output before storing it: batch norm folded
+// into the kernel at inference leaves a per-channel bias and the activation, applied
+// while the sums are still in registers instead of in one more pass over the output.
+enum Activation : int64_t { kLinear = 0, kRelu = 1, kRelu6 = 2 };
+struct Epilogue {
+  const float* bias = nullptr;  // nullptr: no epilogue (gradients, plain forward)
+  int64_t activation = kLinear;
+};
+inline V8 Finish(V8 s, const Epilogue& e, int64_t c) {
+  s += Load8(e.bias + c);
+  if (e.activation != kLinear) s = s > V8{} ? s : V8{};
+  if (e.activation == kRelu6) s = s < V8{} + 6.f ? s : V8{} + 6.f;
+  return s;
+}
+inline float Finish(float s, const Epilogue& e, int64_t c) {
+  s += e.bias[c];
+  if (e.activation != kLinear) s = std::max(s, 0.f);
+  if (e.activation == kRelu6) s = std::min(s, 6.f);
+  return s;
+}
+
 // out[c] = sum over taps t of a[t][c] * b[t][c], for c < n, each output written
-// once. Four independent accumulators per step hide the multiply-add latency.
+// once (through the epilogue, if any). Four independent accumulators per step hide
+// the multiply-add latency.
 void DotTaps(float* __restrict out, const float* const* a, const float* const* b, int64_t taps,
-             int64_t n) {
+             int64_t n, const Epilogue& e) {
   int64_t c = 0;
   for (; c + 32 <= n; c += 32) {
-    V8 s0 = {}, s1 = {}, s2 = {}, s3 = {};
+    V8 s[4] = {};
     for (int64_t t = 0; t < taps; ++t) {
       const float *pa = a[t] + c, *pb = b[t] + c;
-      s0 += Load8(pa) * Load8(pb);
-      s1 += Load8(pa + 8) * Load8(pb + 8);
-      s2 += Load8(pa + 16) * Load8(pb + 16);
-      s3 += Load8(pa + 24) * Load8(pb + 24);
+      for (int u = 0; u < 4; ++u) s[u] += Load8(pa + 8 * u) * Load8(pb + 8 * u);
     }
-    Store8(out + c, s0);
-    Store8(out + c + 8, s1);
-    Store8(out + c + 16, s2);
-    Store8(out + c + 24, s3);
+    for (int u = 0; u < 4; ++u)
+      Store8(out + c + 8 * u, e.bias ? Finish(s[u], e, c + 8 * u) : s[u]);
   }
   for (; c + 8 <= n; c += 8) {
     V8 s0 = {};
     for (int64_t t = 0; t < taps; ++t) s0 += Load8(a[t] + c) * Load8(b[t] + c);
-    Store8(out + c, s0);
+    Store8(out + c, e.bias ? Finish(s0, e, c) : s0);
   }
   for (; c < n; ++c) {
     float s0 = 0.f;
     for (int64_t t = 0; t < taps; ++t) s0 += a[t][c] * b[t][c];
-    out[c] = s0;
+    out[c] = e.bias ? Finish(s0, e, c) : s0;
   }
 }
 
@@ -181,36 +198,94 @@ int64_t OutputsOf(int64_t in, int64_t k, int64_t stride, int64_t rate, int64_t p
   return count;
 }
 
+// Source rows as the taps read them: straight from the source, or, with a
+// prologue (inference: the previous layer's folded batch-norm shift and activation,
+// not yet applied), activated into a per-thread cache of as many rows as the kernel
+// has, so each row is activated once while consecutive output rows share it.
+class SourceRows {
+ public:
+  SourceRows(const float* src, int64_t row_size, int64_t channels, const Epilogue& prologue,
+             int64_t slots)
+      : src_(src), row_size_(row_size), channels_(channels), prologue_(prologue),
+        tags_(prologue.bias ? slots : 0, -1), used_(tags_.size()),
+        cache_(prologue.bias ? slots * row_size : 0) {}
+
+  // Pointers to source rows `index[0..n)` (row numbers in the whole source).
+  void Get(const int64_t* index, int64_t n, const float** rows) {
+    if (!prologue_.bias) {
+      for (int64_t i = 0; i < n; ++i) rows[i] = src_ + index[i] * row_size_;
+      return;
+    }
+    std::fill(used_.begin(), used_.end(), false);
+    for (int64_t i = 0; i < n; ++i) {  // rows already activated
+      rows[i] = nullptr;
+      for (size_t s = 0; s < tags_.size(); ++s)
+        if (tags_[s] == index[i]) rows[i] = Slot(s), used_[s] = true;
+    }
+    for (int64_t i = 0; i < n; ++i) {  // the others, into slots no output row needs now
+      if (rows[i]) continue;
+      size_t s = 0;
+      while (used_[s]) ++s;
+      Activate(Slot(s), src_ + index[i] * row_size_);
+      tags_[s] = index[i], used_[s] = true, rows[i] = Slot(s);
+    }
+  }
+
+ private:
+  float* Slot(size_t s) { return cache_.data() + s * row_size_; }
+  void Activate(float* dst, const float* src) const {
+    for (int64_t p = 0; p < row_size_; p += channels_) {
+      int64_t c = 0;
+      for (; c + 8 <= channels_; c += 8)
+        Store8(dst + p + c, Finish(Load8(src + p + c), prologue_, c));
+      for (; c < channels_; ++c) dst[p + c] = Finish(src[p + c], prologue_, c);
+    }
+  }
+  const float* src_;
+  int64_t row_size_, channels_;
+  Epilogue prologue_;
+  std::vector<int64_t> tags_;
+  std::vector<bool> used_;
+  std::vector<float> cache_;
+};
+
 // Depth multiplier 1 (every MobileNet layer): each output pixel's channels are one
 // DotTaps over the valid taps, so every output is written once from registers.
-// `rows_of` / `cols_of` give the pairs of a row / column; `at(b, r, c)` the
-// channel vector that pairs with tap (i, j).
+// `rows_of` / `cols_of` give the pairs of a row / column; `src` rows pass through
+// the prologue `pro` if it has one (the forward pass at inference).
 template <typename RowsOf, typename ColsOf>
 void GatherTaps(ffi::ThreadPool& pool, const Geometry& g, int64_t n_rows, int64_t n_cols,
                 RowsOf rows_of, ColsOf cols_of, const float* src, int64_t src_rows,
-                int64_t src_cols, const float* k, float* out) {
+                int64_t src_cols, const float* k, float* out, const Epilogue& e = {},
+                const Epilogue& pro = {}) {
   ParallelFor(pool, g.n * n_rows, pool.num_threads(), [&](int64_t begin, int64_t end, int64_t) {
     std::vector<TapPair> rows(g.kh), cols(g.kw);
-    std::vector<const float*> a(g.kh * g.kw), b(g.kh * g.kw);
+    std::vector<const float*> a(g.kh * g.kw), b(g.kh * g.kw), row_ptr(g.kh);
+    std::vector<int64_t> row_index(g.kh);
+    SourceRows source(src, src_cols * g.c, g.c, pro, g.kh);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t batch = row / n_rows, r = row % n_rows;
       const int64_t nr = rows_of(r, rows.data());
+      for (int64_t i = 0; i < nr; ++i) row_index[i] = batch * src_rows + rows[i].pos;
+      source.Get(row_index.data(), nr, row_ptr.data());
       for (int64_t c = 0; c < n_cols; ++c) {
         const int64_t nc = cols_of(c, cols.data());
         int64_t taps = 0;
         for (int64_t i = 0; i < nr; ++i) {
           for (int64_t j = 0; j < nc; ++j, ++taps) {
-            a[taps] = src + ((batch * src_rows + rows[i].pos) * src_cols + cols[j].pos) * g.c;
+            a[taps] = row_ptr[i] + cols[j].pos * g.c;
             b[taps] = k + (rows[i].tap * g.kw + cols[j].tap) * g.c;
           }
         }
-        DotTaps(out + (row * n_cols + c) * g.c, a.data(), b.data(), taps, g.c);
+        DotTaps(out + (row * n_cols + c) * g.c, a.data(), b.data(), taps, g.c, e);
       }
     }
   });
 }
 
-void Forward(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* k, float* y) {
+// With a prologue (depth multiplier 1 only), y = conv(act(x + shift), k).
+void Forward(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* k, float* y,
+             const Epilogue& e = {}, const Epilogue& pro = {}) {
   if (g.m == 1) {
     GatherTaps(
         pool, g, g.oh, g.ow,
@@ -220,7 +295,7 @@ void Forward(ffi::ThreadPool& pool, const Geometry& g, const float* x, const flo
         [&](int64_t ow, TapPair* p) {
           return InputsOf(ow, g.kw, g.stride, g.rate, g.pad_left, g.w, p);
         },
-        x, g.h, g.w, k, y);
+        x, g.h, g.w, k, y, e, pro);
     return;
   }
   const int64_t cm = g.cm();
@@ -231,6 +306,8 @@ void Forward(ffi::ThreadPool& pool, const Geometry& g, const float* x, const flo
       ForEachTap(g, x, row, [&](const float* xp, int64_t ow, int64_t tap) {
         MulAccBroadcast(yrow + ow * cm, xp, k + tap * cm, g.c, g.m);
       });
+      if (e.bias)  // while the row is in cache
+        for (int64_t i = 0; i < g.ow * cm; ++i) yrow[i] = Finish(yrow[i], e, i % cm);
     }
   });
 }
@@ -345,6 +422,30 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, F32 x, F32 k, F32Out y, int64_t str
   return ffi::Error::Success();
 }
 
+// The forward pass at inference, batch norms folded: y = act(conv(pre(x + shift), k)
+// + bias), where shift (C,) and pre are the previous layer's (an empty shift: x is
+// used as it is) and bias (C*M,) and act this layer's; activations 0 linear, 1 ReLU,
+// 2 ReLU6.
+ffi::Error ForwardFusedImpl(ffi::ThreadPool pool, F32 x, F32 shift, F32 k, F32 bias, F32Out y,
+                            int64_t stride, int64_t rate, int64_t pad_top, int64_t pad_left,
+                            int64_t input_activation, int64_t activation) {
+  auto dx = x.dimensions(), dk = k.dimensions(), dy = y->dimensions();
+  if (auto e = CheckRanks(dx.size(), dk.size(), dy.size()); e.failure()) return e;
+  const bool prologue = shift.element_count() != 0;
+  if (bias.element_count() != dk[3] || (prologue && (shift.element_count() != dx[3] ||
+                                                     dk[3] != dx[3])))
+    return ffi::Error::InvalidArgument(
+        "depthwise_cpu: bias must have the output's channels, shift none or the input's "
+        "(depth multiplier 1)");
+  for (int64_t a : {input_activation, activation})
+    if (a < kLinear || a > kRelu6)
+      return ffi::Error::InvalidArgument("depthwise_cpu: activations are 0, 1 or 2");
+  Forward(pool, FromShapes(dx, dk, dy, stride, rate, pad_top, pad_left), x.typed_data(),
+          k.typed_data(), y->typed_data(), Epilogue{bias.typed_data(), activation},
+          Epilogue{prologue ? shift.typed_data() : nullptr, input_activation});
+  return ffi::Error::Success();
+}
+
 ffi::Error InputGradImpl(ffi::ThreadPool pool, F32 dy, F32 k, F32Out dx, int64_t stride,
                          int64_t rate, int64_t pad_top, int64_t pad_left) {
   auto sx = dx->dimensions(), sk = k.dimensions(), sy = dy.dimensions();
@@ -389,6 +490,20 @@ ffi::Error PatchesImpl(ffi::ThreadPool pool, F32 x, F32Out y, int64_t kh, int64_
       .Attr<int64_t>("pad_left")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(DepthwiseForward, ForwardImpl, DEPTHWISE_BINDING());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DepthwiseForwardFused, ForwardFusedImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Ret<F32>()
+                                  .Attr<int64_t>("stride")
+                                  .Attr<int64_t>("dilation")
+                                  .Attr<int64_t>("pad_top")
+                                  .Attr<int64_t>("pad_left")
+                                  .Attr<int64_t>("input_activation")
+                                  .Attr<int64_t>("activation"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(DepthwiseInputGrad, InputGradImpl,
                               DEPTHWISE_BINDING());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(DepthwiseKernelGrad, KernelGradImpl,

@@ -30,6 +30,7 @@ SOURCE = pathlib.Path(__file__).with_name("depthwise_cpu.cc")
 # FFI handler symbol in the library -> XLA custom-call target name.
 TARGETS = {
     "DepthwiseForward": "mobilenet_jax_depthwise_forward",
+    "DepthwiseForwardFused": "mobilenet_jax_depthwise_forward_fused",
     "DepthwiseInputGrad": "mobilenet_jax_depthwise_input_grad",
     "DepthwiseKernelGrad": "mobilenet_jax_depthwise_kernel_grad",
     "Patches": "mobilenet_jax_patches",

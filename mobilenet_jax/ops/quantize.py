@@ -27,7 +27,7 @@ what is quantized where is this module's. tests/quantize_test.py checks it.
 """
 
 import dataclasses
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional
 
 import flax
 import flax.linen as nn
@@ -35,7 +35,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mobilenet_jax.ops.batchnorm import activate
+from mobilenet_jax.ops.batchnorm import BatchNormVariables, activate
+from mobilenet_jax.ops.conv import KernelParam
 
 WEIGHTS = ("per_channel", "per_tensor")
 RANGE_VARIABLES = ("min", "max", "count")  # an activation's range in batch_stats
@@ -140,30 +141,6 @@ class ActQuant(nn.Module):
     return fake_quant_activations(x, low.value, high.value)
 
 
-class _Kernel(nn.Module):
-  """A kernel parameter by itself, so that it keeps the float layer's path
-  (".../conv/kernel"): a float checkpoint starts a QAT run and back."""
-  shape: Tuple[int, ...]
-  init: Callable
-
-  @nn.compact
-  def __call__(self):
-    return self.param("kernel", self.init, self.shape)
-
-
-class _BatchNormVariables(nn.Module):
-  """flax.linen.BatchNorm's variables (".../bn/scale", ".../bn/mean", ...)."""
-  features: int
-
-  @nn.compact
-  def __call__(self):
-    f = self.features
-    return (self.param("scale", nn.initializers.ones, (f,)),
-            self.param("bias", nn.initializers.zeros, (f,)),
-            self.variable("batch_stats", "mean", jnp.zeros, (f,), jnp.float32),
-            self.variable("batch_stats", "var", jnp.ones, (f,), jnp.float32))
-
-
 def conv_bn(x, train: bool, conv: Callable, *, features: int, kernel_size: int,
             groups: int, activation: str, quantization: Quantization, momentum: float,
             epsilon: float, kernel_init: Callable, initializing: bool,
@@ -175,8 +152,8 @@ def conv_bn(x, train: bool, conv: Callable, *, features: int, kernel_size: int,
   range). At evaluation it computes what TFLite's int8 CONV_2D or
   DEPTHWISE_CONV_2D with a fused activation does."""
   k, q = kernel_size, quantization
-  kernel = _Kernel((k, k, x.shape[-1] // groups, features), kernel_init, name="conv")()
-  scale, bias, mean, var = _BatchNormVariables(features, name="bn")()
+  kernel = KernelParam((k, k, x.shape[-1] // groups, features), kernel_init, name="conv")()
+  scale, bias, mean, var = BatchNormVariables(features, name="bn")()
   fold = scale * lax.rsqrt(var.value + epsilon)
   kernel = fake_quant_weights(kernel * fold, q.weights).astype(dtype)
   x = x.astype(dtype)
