@@ -187,6 +187,20 @@ def test_inference_folds_batch_norm_into_the_native_depthwise(name):
     np.testing.assert_allclose(ends[key], ends_ref[key], atol=1e-4, rtol=1e-4, err_msg=key)
 
 
+@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2"])
+def test_folded_inference_keeps_the_compute_dtype(name):
+  """Every endpoint in bfloat16, pending activations (the stem's, expansions',
+  pointwise outputs') included, as without folding."""
+  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  ends = {}
+  for impl in ("native", "lax"):
+    model = get_model(dict(name=name, alpha=0.35, num_classes=7, dtype="bfloat16",
+                           depthwise_impl=impl))
+    ends[impl] = model.apply(model.init(jax.random.key(1), x), x, endpoints=True)
+  assert {k: v.dtype for k, v in ends["native"].items()} == {
+      k: jnp.dtype(jnp.bfloat16) for k in ends["lax"]}
+
+
 # A short V1 keeps this quick; it has stride-2 (Keras-padded) and depth-
 # multiplier layers, the cases where the implementations could part; V2's
 # "SAME" padding is covered layer by layer above.

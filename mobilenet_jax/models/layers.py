@@ -41,7 +41,7 @@ class PreActivation:
     return self.raw.shape
 
   def value(self):
-    return activate(self.raw + self.shift, self.activation)
+    return activate(self.raw + self.shift, self.activation).astype(self.raw.dtype)
 
 
 def value(x):
