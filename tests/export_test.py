@@ -181,7 +181,11 @@ def test_qat_int8_export_agrees_with_the_qat_evaluation(run, qat_run, tmp_path):
   workdir, _ = run
   qat, results = qat_run
   float_top1 = json.load(open(os.path.join(workdir, "results.json")))["eval_top1"]
-  assert results["eval_top1"] >= float_top1 - 0.01  # within 1 point of float
+  # Within 2 points (7 of 360 digits) of float. One seed's QAT - float has ranged
+  # from -1.1 (this default run since the stem's rounding changed at d53715d; the
+  # code before it, fine-tuning the same checkpoint, also gives -1.1) to +0.8
+  # (bottleneck_precision's 5 seeds): a broken QAT loses far more.
+  assert results["eval_top1"] >= float_top1 - 0.02
   report = tf_export.export(qat, "tflite", "int8", out=str(tmp_path / "qat.tflite"),
                             compare_keras=False)
   check = report["check"]
