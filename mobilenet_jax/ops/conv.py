@@ -20,12 +20,10 @@ from typing import Any, Callable, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from mobilenet_jax.ops import native
 from mobilenet_jax.ops.depthwise import Padding, check_dilation, resolve_impl, spatial_geometry
-from mobilenet_jax.ops.sharding import vary_like
 
 # Inputs this narrow (an image: RGB, grayscale) take the patches on CPU.
 MAX_PATCH_CHANNELS = 4
@@ -52,14 +50,10 @@ def patches_shift(x, kernel_hw, strides: int, padding: Padding, dilation: int = 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
 def patches_native(x, kernel_hw, strides: int, padding: Padding, dilation: int = 1):
   """patches_shift's result from the native kernel (float32)."""
-  native.load()
   (ph, pw), (oh, ow) = spatial_geometry(x.shape, kernel_hw, strides, padding, dilation)
   kh, kw = kernel_hw
-  result = jax.ShapeDtypeStruct((x.shape[0], oh, ow, kh * kw * x.shape[-1]), jnp.float32)
-  out = jax.ffi.ffi_call(native.TARGETS["Patches"], result, vmap_method="sequential")(
-      x, kh=np.int64(kh), kw=np.int64(kw), stride=np.int64(strides),
-      dilation=np.int64(dilation), pad_top=np.int64(ph[0]), pad_left=np.int64(pw[0]))
-  return vary_like(out, x)
+  return native.call("Patches", (x.shape[0], oh, ow, kh * kw * x.shape[-1]), x,
+                     geometry=(strides, dilation, ph[0], pw[0]), kh=kh, kw=kw)
 
 
 def _patches_native_fwd(x, kernel_hw, strides, padding, dilation):

@@ -125,26 +125,16 @@ def depthwise_shift(x, kernel, strides: int, padding: Padding, dilation: int = 1
 def depthwise_native(x, kernel, strides: int, padding: Padding, dilation: int = 1):
   """The native CPU kernel, in float32 whatever the compute dtype."""
   dilation = check_dilation(dilation)
-  native.load()  # builds once per machine, registers once per process
   (ph, pw), out_hw = spatial_geometry(x.shape, kernel.shape, strides, padding, dilation)
   y = _native_conv(x.astype(jnp.float32), vary_like(kernel.astype(jnp.float32), x),
                    (strides, dilation, ph[0], pw[0]), out_hw)
   return y.astype(x.dtype)
 
 
-def _ffi(target: str, shape, *operands, geometry, **attributes):
-  stride, dilation, pad_top, pad_left = (np.int64(v) for v in geometry)
-  result = jax.ShapeDtypeStruct(shape, jnp.float32)
-  out = jax.ffi.ffi_call(native.TARGETS[target], result, vmap_method="sequential")(
-      *operands, stride=stride, dilation=dilation, pad_top=pad_top, pad_left=pad_left,
-      **{k: np.int64(v) for k, v in attributes.items()})
-  return vary_like(out, operands[0])
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _native_conv(x, kernel, geometry, out_hw):
-  return _ffi("DepthwiseForward", (x.shape[0], *out_hw, kernel.shape[-1]), x, kernel,
-              geometry=geometry)
+  return native.call("DepthwiseForward", (x.shape[0], *out_hw, kernel.shape[-1]), x, kernel,
+                     geometry=geometry)
 
 
 def _native_conv_fwd(x, kernel, geometry, out_hw):
@@ -153,14 +143,14 @@ def _native_conv_fwd(x, kernel, geometry, out_hw):
 
 def _native_conv_bwd(geometry, out_hw, residuals, dy):
   x, kernel = residuals
-  dx = _ffi("DepthwiseInputGrad", x.shape, dy, kernel, geometry=geometry)
-  dkernel = _ffi("DepthwiseKernelGrad", kernel.shape, x, dy, geometry=geometry)
+  dx = native.call("DepthwiseInputGrad", x.shape, dy, kernel, geometry=geometry)
+  dkernel = native.call("DepthwiseKernelGrad", kernel.shape, x, dy, geometry=geometry)
   return dx, dkernel
 
 
 _native_conv.defvjp(_native_conv_fwd, _native_conv_bwd)
-# The epilogue's activation codes in depthwise_cpu.cc.
-EPILOGUE_ACTIVATIONS = {"linear": 0, "relu": 1, "relu6": 2}
+# The fused forward pass's activation codes in depthwise_cpu.cc (enum Activation).
+ACTIVATION_CODES = {"linear": 0, "relu": 1, "relu6": 2}
 
 
 def depthwise_bias_act(x, kernel, bias, activation: str, strides: int, padding: Padding,
@@ -179,7 +169,6 @@ def depthwise_bias_act(x, kernel, bias, activation: str, strides: int, padding: 
       x = activate(x + input_shift, input_activation)
     return activate(IMPL_FNS[impl](x, kernel, strides, padding, dilation) + bias, activation)
   dilation = check_dilation(dilation)
-  native.load()
   (ph, pw), out_hw = spatial_geometry(x.shape, kernel.shape, strides, padding, dilation)
   f32 = lambda a: vary_like(a.astype(jnp.float32), x)
   shift = jnp.zeros((0,)) if input_shift is None else input_shift
@@ -190,9 +179,10 @@ def depthwise_bias_act(x, kernel, bias, activation: str, strides: int, padding: 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
 def _native_fused(x, shift, kernel, bias, input_activation, activation, geometry, out_hw):
-  return _ffi("DepthwiseForwardFused", (x.shape[0], *out_hw, kernel.shape[-1]), x, shift, kernel,
-              bias, geometry=geometry, input_activation=EPILOGUE_ACTIVATIONS[input_activation],
-              activation=EPILOGUE_ACTIVATIONS[activation])
+  return native.call("DepthwiseForwardFused", (x.shape[0], *out_hw, kernel.shape[-1]), x,
+                     shift, kernel, bias, geometry=geometry,
+                     input_activation=ACTIVATION_CODES[input_activation],
+                     activation=ACTIVATION_CODES[activation])
 
 
 def _native_fused_fwd(x, shift, kernel, bias, input_activation, activation, geometry, out_hw):

@@ -126,21 +126,22 @@ inline V8 Load8(const float* p) {
 }
 inline void Store8(float* p, V8 v) { std::memcpy(p, &v, sizeof v); }
 
-// What the forward pass adds to each output before storing it: batch norm folded
-// into the kernel at inference leaves a per-channel bias and the activation, applied
-// while the sums are still in registers instead of in one more pass over the output.
+// A per-channel bias and an activation, applied where a value passes through
+// registers anyway instead of in a pass of its own: batch norm folded into the kernel
+// at inference leaves one on each output (the epilogue) and, from the previous layer,
+// one on each input row (the prologue).
 enum Activation : int64_t { kLinear = 0, kRelu = 1, kRelu6 = 2 };
-struct Epilogue {
-  const float* bias = nullptr;  // nullptr: no epilogue (gradients, plain forward)
+struct BiasAct {
+  const float* bias = nullptr;  // nullptr: none (gradients, the plain forward pass)
   int64_t activation = kLinear;
 };
-inline V8 Finish(V8 s, const Epilogue& e, int64_t c) {
+inline V8 Finish(V8 s, const BiasAct& e, int64_t c) {
   s += Load8(e.bias + c);
   if (e.activation != kLinear) s = s > V8{} ? s : V8{};
   if (e.activation == kRelu6) s = s < V8{} + 6.f ? s : V8{} + 6.f;
   return s;
 }
-inline float Finish(float s, const Epilogue& e, int64_t c) {
+inline float Finish(float s, const BiasAct& e, int64_t c) {
   s += e.bias[c];
   if (e.activation != kLinear) s = std::max(s, 0.f);
   if (e.activation == kRelu6) s = std::min(s, 6.f);
@@ -151,7 +152,7 @@ inline float Finish(float s, const Epilogue& e, int64_t c) {
 // once (through the epilogue, if any). Four independent accumulators per step hide
 // the multiply-add latency.
 void DotTaps(float* __restrict out, const float* const* a, const float* const* b, int64_t taps,
-             int64_t n, const Epilogue& e) {
+             int64_t n, const BiasAct& e) {
   int64_t c = 0;
   for (; c + 32 <= n; c += 32) {
     V8 s[4] = {};
@@ -204,7 +205,7 @@ int64_t OutputsOf(int64_t in, int64_t k, int64_t stride, int64_t rate, int64_t p
 // has, so each row is activated once while consecutive output rows share it.
 class SourceRows {
  public:
-  SourceRows(const float* src, int64_t row_size, int64_t channels, const Epilogue& prologue,
+  SourceRows(const float* src, int64_t row_size, int64_t channels, const BiasAct& prologue,
              int64_t slots)
       : src_(src), row_size_(row_size), channels_(channels), prologue_(prologue),
         tags_(prologue.bias ? slots : 0, -1), used_(tags_.size()),
@@ -243,7 +244,7 @@ class SourceRows {
   }
   const float* src_;
   int64_t row_size_, channels_;
-  Epilogue prologue_;
+  BiasAct prologue_;
   std::vector<int64_t> tags_;
   std::vector<bool> used_;
   std::vector<float> cache_;
@@ -256,8 +257,8 @@ class SourceRows {
 template <typename RowsOf, typename ColsOf>
 void GatherTaps(ffi::ThreadPool& pool, const Geometry& g, int64_t n_rows, int64_t n_cols,
                 RowsOf rows_of, ColsOf cols_of, const float* src, int64_t src_rows,
-                int64_t src_cols, const float* k, float* out, const Epilogue& e = {},
-                const Epilogue& pro = {}) {
+                int64_t src_cols, const float* k, float* out, const BiasAct& e = {},
+                const BiasAct& pro = {}) {
   ParallelFor(pool, g.n * n_rows, pool.num_threads(), [&](int64_t begin, int64_t end, int64_t) {
     std::vector<TapPair> rows(g.kh), cols(g.kw);
     std::vector<const float*> a(g.kh * g.kw), b(g.kh * g.kw), row_ptr(g.kh);
@@ -285,7 +286,7 @@ void GatherTaps(ffi::ThreadPool& pool, const Geometry& g, int64_t n_rows, int64_
 
 // With a prologue (depth multiplier 1 only), y = conv(act(x + shift), k).
 void Forward(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* k, float* y,
-             const Epilogue& e = {}, const Epilogue& pro = {}) {
+             const BiasAct& e = {}, const BiasAct& pro = {}) {
   if (g.m == 1) {
     GatherTaps(
         pool, g, g.oh, g.ow,
@@ -441,8 +442,8 @@ ffi::Error ForwardFusedImpl(ffi::ThreadPool pool, F32 x, F32 shift, F32 k, F32 b
     if (a < kLinear || a > kRelu6)
       return ffi::Error::InvalidArgument("depthwise_cpu: activations are 0, 1 or 2");
   Forward(pool, FromShapes(dx, dk, dy, stride, rate, pad_top, pad_left), x.typed_data(),
-          k.typed_data(), y->typed_data(), Epilogue{bias.typed_data(), activation},
-          Epilogue{prologue ? shift.typed_data() : nullptr, input_activation});
+          k.typed_data(), y->typed_data(), BiasAct{bias.typed_data(), activation},
+          BiasAct{prologue ? shift.typed_data() : nullptr, input_activation});
   return ffi::Error::Success();
 }
 
@@ -465,8 +466,8 @@ ffi::Error KernelGradImpl(ffi::ThreadPool pool, F32 x, F32 dy, F32Out dk, int64_
 }
 
 // x: (N, H, W, C), y: (N, OH, OW, KH * KW * C).
-ffi::Error PatchesImpl(ffi::ThreadPool pool, F32 x, F32Out y, int64_t kh, int64_t kw,
-                       int64_t stride, int64_t rate, int64_t pad_top, int64_t pad_left) {
+ffi::Error PatchesImpl(ffi::ThreadPool pool, F32 x, F32Out y, int64_t stride, int64_t rate,
+                       int64_t pad_top, int64_t pad_left, int64_t kh, int64_t kw) {
   auto sx = x.dimensions(), sy = y->dimensions();
   if (sx.size() != 4 || sy.size() != 4 || sy[3] != kh * kw * sx[3])
     return ffi::Error::InvalidArgument("patches_cpu: x must be NHWC and y (N, OH, OW, KH*KW*C)");
@@ -478,16 +479,13 @@ ffi::Error PatchesImpl(ffi::ThreadPool pool, F32 x, F32Out y, int64_t kh, int64_
 
 }  // namespace
 
-#define DEPTHWISE_BINDING()                                  \
-  ffi::Ffi::Bind()                                               \
-      .Ctx<ffi::ThreadPool>()                                    \
-      .Arg<F32>()                                                \
-      .Arg<F32>()                                                \
-      .Ret<F32>()                                                \
-      .Attr<int64_t>("stride")                                   \
-      .Attr<int64_t>("dilation")                                 \
-      .Attr<int64_t>("pad_top")                                  \
+#define GEOMETRY_ATTRS()       \
+  Attr<int64_t>("stride")      \
+      .Attr<int64_t>("dilation") \
+      .Attr<int64_t>("pad_top")  \
       .Attr<int64_t>("pad_left")
+#define DEPTHWISE_BINDING() \
+  ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Ret<F32>().GEOMETRY_ATTRS()
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(DepthwiseForward, ForwardImpl, DEPTHWISE_BINDING());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(DepthwiseForwardFused, ForwardFusedImpl,
@@ -498,10 +496,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(DepthwiseForwardFused, ForwardFusedImpl,
                                   .Arg<F32>()
                                   .Arg<F32>()
                                   .Ret<F32>()
-                                  .Attr<int64_t>("stride")
-                                  .Attr<int64_t>("dilation")
-                                  .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_left")
+                                  .GEOMETRY_ATTRS()
                                   .Attr<int64_t>("input_activation")
                                   .Attr<int64_t>("activation"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(DepthwiseInputGrad, InputGradImpl,
@@ -513,9 +508,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(Patches, PatchesImpl,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<F32>()
                                   .Ret<F32>()
+                                  .GEOMETRY_ATTRS()
                                   .Attr<int64_t>("kh")
-                                  .Attr<int64_t>("kw")
-                                  .Attr<int64_t>("stride")
-                                  .Attr<int64_t>("dilation")
-                                  .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_left"));
+                                  .Attr<int64_t>("kw"));

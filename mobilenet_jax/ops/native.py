@@ -23,8 +23,11 @@ import subprocess
 import tempfile
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from mobilenet_jax.errors import ConfigError
+from mobilenet_jax.ops.sharding import vary_like
 
 SOURCE = pathlib.Path(__file__).with_name("depthwise_cpu.cc")
 # FFI handler symbol in the library -> XLA custom-call target name.
@@ -114,6 +117,19 @@ def load() -> ctypes.CDLL:
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)),
                                 platform="cpu")
   return library
+
+
+def call(target: str, shape, *operands, geometry, **attributes):
+  """The float32 result of `shape` of TARGETS[target] on the operands, with the
+  convolution's geometry (stride, dilation, pad_top, pad_left) and any other
+  integer attributes; varying over the device axes as the first operand."""
+  load()
+  stride, dilation, pad_top, pad_left = (np.int64(v) for v in geometry)
+  result = jax.ShapeDtypeStruct(shape, jnp.float32)
+  out = jax.ffi.ffi_call(TARGETS[target], result, vmap_method="sequential")(
+      *operands, stride=stride, dilation=dilation, pad_top=pad_top, pad_left=pad_left,
+      **{k: np.int64(v) for k, v in attributes.items()})
+  return vary_like(out, operands[0])
 
 
 @functools.cache

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from mobilenet_jax.ops import batchnorm
 from mobilenet_jax.ops.batchnorm import BatchNormVariables, activate
 from mobilenet_jax.ops.conv import KernelParam
 
@@ -154,7 +155,7 @@ def conv_bn(x, train: bool, conv: Callable, *, features: int, kernel_size: int,
   k, q = kernel_size, quantization
   kernel = KernelParam((k, k, x.shape[-1] // groups, features), kernel_init, name="conv")()
   scale, bias, mean, var = BatchNormVariables(features, name="bn")()
-  fold = scale * lax.rsqrt(var.value + epsilon)
+  fold, folded_bias = batchnorm.fold(scale, bias, mean.value, var.value, epsilon)
   kernel = fake_quant_weights(kernel * fold, q.weights).astype(dtype)
   x = x.astype(dtype)
   if train and not frozen:
@@ -169,7 +170,7 @@ def conv_bn(x, train: bool, conv: Callable, *, features: int, kernel_size: int,
       var.value = momentum * var.value + (1 - momentum) * lax.stop_gradient(batch_var)
     y = (y - batch_mean) * (scale * lax.rsqrt(batch_var + epsilon)) + bias
   else:
-    y = conv(x, kernel).astype(jnp.float32) + (bias - mean.value * fold)
+    y = conv(x, kernel).astype(jnp.float32) + folded_bias
   y = activate(y, activation).astype(dtype)
   return ActQuant(q, momentum, activation, axis_name, name=QUANT_MODULE)(y, train)
 
@@ -214,9 +215,9 @@ def rounded_float_variables(variables: dict, weights: str, epsilon: float) -> di
       variables["batch_stats"], sep="/").items() if not is_range(p)}
   for path in [p for p in params if p.endswith("conv/kernel")]:
     bn = path[:-len("conv/kernel")] + "bn/"
-    fold = params[bn + "scale"] * lax.rsqrt(stats[bn + "var"] + epsilon)
+    fold, params[bn + "bias"] = batchnorm.fold(params[bn + "scale"], params[bn + "bias"],
+                                               stats[bn + "mean"], stats[bn + "var"], epsilon)
     params[path] = fake_quant_weights(params[path] * fold, weights)
-    params[bn + "bias"] = params[bn + "bias"] - stats[bn + "mean"] * fold
     params[bn + "scale"] = jnp.ones_like(fold)
     stats[bn + "mean"] = jnp.zeros_like(fold)
     stats[bn + "var"] = jnp.full_like(fold, 1.0 - epsilon)
