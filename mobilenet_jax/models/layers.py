@@ -9,14 +9,13 @@ per-layer summary rely on. Every block takes the network's `LayerSettings`
 import functools
 from typing import Sequence, Tuple, Union
 
-import flax
 import flax.linen as nn
-import jax
 
 from mobilenet_jax.errors import check_choice
 from mobilenet_jax.models.base import LayerSettings
 from mobilenet_jax.ops.batchnorm import (ACTIVATIONS, BATCHNORM_IMPLS, BatchNormAct,
-                                         BatchNormVariables, activate, fold)
+                                         BatchNormVariables, PreActivation, activate, fold,
+                                         value)
 from mobilenet_jax.ops.conv import Conv, KernelParam, conv
 from mobilenet_jax.ops.depthwise import IMPL_FNS as depthwise_fns
 from mobilenet_jax.ops.depthwise import DepthwiseConv, depthwise_bias_act, resolve_impl
@@ -24,29 +23,6 @@ from mobilenet_jax.ops.pointwise import Pointwise, pointwise
 from mobilenet_jax.ops import quantize
 
 Padding = Union[str, Sequence[Tuple[int, int]]]
-
-
-@flax.struct.dataclass
-class PreActivation:
-  """A layer's output at inference, batch norm folded into its kernel, with its
-  shift and activation not yet applied: the native depthwise layer that reads
-  it applies them as it loads rows, saving a pass over the tensor. Anything else
-  takes `value(x)`, which XLA computes only where it is used."""
-  raw: jax.Array
-  shift: jax.Array
-  activation: str = flax.struct.field(pytree_node=False)
-
-  @property
-  def shape(self):
-    return self.raw.shape
-
-  def value(self):
-    return activate(self.raw + self.shift, self.activation).astype(self.raw.dtype)
-
-
-def value(x):
-  """The tensor `x` stands for: x, or a PreActivation's activated value."""
-  return x.value() if isinstance(x, PreActivation) else x
 
 
 class ConvBN(nn.Module):
@@ -85,24 +61,19 @@ class ConvBN(nn.Module):
           frozen=frozen, axis_name=s.bn_axis_name, dtype=s.dtype)
     check_choice("batchnorm_impl", s.batchnorm_impl, BATCHNORM_IMPLS)
     depthwise = self.groups > 1 and self.groups == x.shape[-1]
-    # Under running statistics on CPU, batch norm folds into the convolution and
-    # its shift and activation into the native depthwise kernel's passes.
-    folds = ((not train or frozen) and s.batchnorm_impl == "fused"
-             and resolve_impl(s.depthwise_impl) == "native")
+    # On CPU, a batch norm whose consumer is a native depthwise layer is applied in
+    # that layer's passes: under running statistics folded into the convolution
+    # (its shift and activation pending), in training as the batch's scale and shift.
+    native = s.batchnorm_impl == "fused" and resolve_impl(s.depthwise_impl) == "native"
+    folds = native and (not train or frozen)
     if folds and depthwise:
       return self.folded_depthwise(x)
-    x = value(x)
     if folds and defer:
-      return self.folded_conv(x)
-    if depthwise:
-      x = DepthwiseConv(self.features, self.kernel_size, self.strides,
-                        self.padding, s.depthwise_impl, s.dtype,
-                        dilation=self.dilation, kernel_init=s.initializer(), name="conv")(x)
-    elif self.kernel_size == 1 and self.strides == 1 and self.groups == 1:
-      x = Pointwise(self.features, s.dtype, s.pointwise_impl, s.initializer(), name="conv")(x)
+      return self.folded_conv(value(x))
+    if native and depthwise and self.reads_pending(x):
+      x = self.normalizing_depthwise(x)
     else:
-      x = Conv(self.features, self.kernel_size, self.strides, self.padding, self.dilation,
-               self.groups, s.depthwise_impl, s.dtype, s.initializer(), name="conv")(x)
+      x = self.convolution(value(x))
     if s.batchnorm_impl == "flax":  # the reference the fused form is tested against
       x = nn.BatchNorm(use_running_average=not train or frozen, momentum=s.bn_momentum,
                        epsilon=s.bn_epsilon, axis_name=s.bn_axis_name, dtype=s.dtype,
@@ -110,7 +81,38 @@ class ConvBN(nn.Module):
       return activate(x, self.activation)
     return BatchNormAct(use_running_average=not train or frozen, momentum=s.bn_momentum,
                         epsilon=s.bn_epsilon, axis_name=s.bn_axis_name,
-                        activation=self.activation, dtype=s.dtype, name="bn")(x)
+                        activation=self.activation, dtype=s.dtype,
+                        name="bn")(x, defer=native and defer and train)
+
+  def convolution(self, x):
+    """The layer's convolution, as its kind and the settings choose."""
+    s = self.settings
+    if self.groups > 1 and self.groups == x.shape[-1]:
+      return DepthwiseConv(self.features, self.kernel_size, self.strides,
+                           self.padding, s.depthwise_impl, s.dtype,
+                           dilation=self.dilation, kernel_init=s.initializer(), name="conv")(x)
+    if self.kernel_size == 1 and self.strides == 1 and self.groups == 1:
+      return Pointwise(self.features, s.dtype, s.pointwise_impl, s.initializer(),
+                       name="conv")(x)
+    return Conv(self.features, self.kernel_size, self.strides, self.padding, self.dilation,
+                self.groups, s.depthwise_impl, s.dtype, s.initializer(), name="conv")(x)
+
+  def reads_pending(self, x) -> bool:
+    """Whether this depthwise layer applies x's pending batch norm itself (the
+    native kernel does for depth multiplier 1)."""
+    return isinstance(x, PreActivation) and self.features == x.shape[-1]
+
+  def normalizing_depthwise(self, x: PreActivation):
+    """The depthwise convolution of x's value, its scale, shift and activation
+    applied as the native kernel reads rows (training: the activated tensor is
+    never stored). The same parameter as DepthwiseConv's."""
+    s = self.settings
+    kernel = KernelParam((self.kernel_size, self.kernel_size, 1, self.features),
+                         s.initializer(), name="conv")()
+    y = depthwise_bias_act(x.raw.astype(s.dtype), kernel.astype(s.dtype), None, "linear",
+                           self.strides, self.padding, self.dilation, s.depthwise_impl,
+                           x.shift, x.activation, input_scale=x.scale)
+    return y.astype(s.dtype)
 
   def folded_variables(self, kernel_shape):
     """The kernel scaled by batch norm's running statistics, and the shift left
@@ -136,11 +138,12 @@ class ConvBN(nn.Module):
     s = self.settings
     kernel, bias = self.folded_variables((self.kernel_size, self.kernel_size, 1,
                                           self.features))
-    pre = x if isinstance(x, PreActivation) and self.features == x.shape[-1] else None
+    pre = x if self.reads_pending(x) else None
     x = pre.raw if pre else value(x)
     y = depthwise_bias_act(x.astype(s.dtype), kernel, bias, self.activation, self.strides,
                            self.padding, self.dilation, s.depthwise_impl,
-                           pre.shift if pre else None, pre.activation if pre else "linear")
+                           pre.shift if pre else None, pre.activation if pre else "linear",
+                           input_scale=pre.scale if pre else None)
     return y.astype(s.dtype)
 
   def conv_function(self, x):

@@ -14,6 +14,7 @@ gradients and running averages against flax, with and without a device axis.
 import functools
 from typing import Any, Optional
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -43,6 +44,34 @@ def passes_gradient(out, activation: str):
   return None
 
 
+@flax.struct.dataclass
+class PreActivation:
+  """A layer's output with its batch norm and activation pending:
+  act(raw * scale + shift). At inference batch norm is folded into the layer's
+  kernel and only the shift is left (scale None); in training scale and shift come
+  from the batch's statistics. The native depthwise layer that reads it applies
+  them as it loads rows, saving a pass over the tensor (and, in training, keeping
+  the activated tensor out of memory: its gradients read the rows the same way).
+  Anything else takes `value(x)`, which XLA computes only where it is used."""
+  raw: jax.Array
+  shift: jax.Array
+  activation: str = flax.struct.field(pytree_node=False)
+  scale: Optional[jax.Array] = None
+
+  @property
+  def shape(self):
+    return self.raw.shape
+
+  def value(self):
+    x = self.raw if self.scale is None else self.raw.astype(jnp.float32) * self.scale
+    return activate(x + self.shift, self.activation).astype(self.raw.dtype)
+
+
+def value(x):
+  """The tensor `x` stands for: x, or a PreActivation's activated value."""
+  return x.value() if isinstance(x, PreActivation) else x
+
+
 def _sum(x, axis_name=None):
   """Sum over all but the channel axis, and over devices with sync BN."""
   s = jnp.sum(x, axis=tuple(range(x.ndim - 1)))
@@ -54,15 +83,20 @@ def _count(x, axis_name):
   return n if axis_name is None else lax.psum(n, axis_name)
 
 
+def moments(x, axis_name=None):
+  """The batch's mean and biased variance per channel, as flax computes them."""
+  n = _count(x, axis_name)
+  mean = _sum(x, axis_name) / n
+  return mean, jnp.maximum(_sum(x * x, axis_name) / n - mean * mean, 0.0)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def _normalize(x, scale, bias, epsilon, activation, axis_name):
   return _normalize_fwd(x, scale, bias, epsilon, activation, axis_name)[0]
 
 
 def _normalize_fwd(x, scale, bias, epsilon, activation, axis_name):
-  n = _count(x, axis_name)
-  mean = _sum(x, axis_name) / n
-  var = jnp.maximum(_sum(x * x, axis_name) / n - mean * mean, 0.0)
+  mean, var = moments(x, axis_name)
   inv = lax.rsqrt(var + epsilon)
   a = scale * inv
   out = activate(x * a + (bias - mean * a), activation)
@@ -131,15 +165,26 @@ class BatchNormAct(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, defer: bool = False):
+    """act(BatchNorm(x)); with `defer` in training, the PreActivation that stands
+    for it (its consumer, the native depthwise layer, applies it): the statistics
+    and running averages are the same, and autodiff takes the gradient through
+    them."""
     scale, bias, ra_mean, ra_var = declare_variables(self, x.shape[-1])
     x32 = x.astype(jnp.float32)
     if self.use_running_average:
       a, b = fold(scale, bias, ra_mean.value, ra_var.value, self.epsilon)
       return activate(x32 * a + b, self.activation).astype(self.dtype)
-    out, mean, var = _normalize(x32, vary_like(scale, x32), vary_like(bias, x32),
-                                self.epsilon, self.activation, self.axis_name)
+    scale, bias = vary_like(scale, x32), vary_like(bias, x32)
+    if defer:
+      mean, var = moments(x32, self.axis_name)
+      a, b = fold(scale, bias, mean, var, self.epsilon)
+      out = PreActivation(x.astype(self.dtype), b, self.activation, scale=a)
+    else:
+      out, mean, var = _normalize(x32, scale, bias, self.epsilon, self.activation,
+                                  self.axis_name)
+      out = out.astype(self.dtype)
     if not self.is_initializing():
       ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
       ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
-    return out.astype(self.dtype)
+    return out

@@ -155,54 +155,71 @@ ACTIVATION_CODES = {"linear": 0, "relu": 1, "relu6": 2}
 
 def depthwise_bias_act(x, kernel, bias, activation: str, strides: int, padding: Padding,
                        dilation: int = 1, impl: str = "auto", input_shift=None,
-                       input_activation: str = "linear"):
-  """activation(depthwise(x', kernel) + bias), x' = input_activation(x +
-  input_shift) if a shift is given, else x: batch norms folded into the kernels at
-  inference, this layer's (kernel, bias) and the previous layer's (its kernel
-  scaled, the shift left for here). The native kernel applies the previous
-  layer's shift and activation as it reads rows, and this layer's bias and
-  activation before it stores outputs, saving a pass over its input and one over
-  its output."""
+                       input_activation: str = "linear", input_scale=None):
+  """activation(depthwise(x', kernel) + bias), x' = input_activation(x *
+  input_scale + input_shift) if a shift is given, else x; no bias: none.
+
+  The previous layer's batch norm and this layer's, applied in the depthwise
+  passes. At inference both are folded into the kernels: this layer's (kernel,
+  bias), and the previous layer's shift (its scale is in its kernel). In training
+  the previous layer's is the batch's scale and shift, and this layer's follows
+  separately. The native kernel applies the input's as it reads rows (in the
+  forward pass and again in the kernel gradient, so x' is never stored), and the
+  bias and activation before it stores outputs."""
   impl = resolve_impl(impl)
   if impl != "native":
     if input_shift is not None:
-      x = activate(x + input_shift, input_activation)
-    return activate(IMPL_FNS[impl](x, kernel, strides, padding, dilation) + bias, activation)
+      x = activate(x * (1 if input_scale is None else input_scale) + input_shift,
+                   input_activation)
+    y = IMPL_FNS[impl](x, kernel, strides, padding, dilation)
+    return y if bias is None else activate(y + bias, activation)
   dilation = check_dilation(dilation)
   (ph, pw), out_hw = spatial_geometry(x.shape, kernel.shape, strides, padding, dilation)
-  f32 = lambda a: vary_like(a.astype(jnp.float32), x)
-  shift = jnp.zeros((0,)) if input_shift is None else input_shift
-  y = _native_fused(x.astype(jnp.float32), f32(shift), f32(kernel), f32(bias), input_activation,
-                    activation, (strides, dilation, ph[0], pw[0]), out_hw)
+  f32 = lambda a: vary_like((jnp.zeros((0,)) if a is None else a).astype(jnp.float32), x)
+  if input_shift is None:
+    input_scale = None
+  y = _native_fused(x.astype(jnp.float32), f32(input_scale), f32(input_shift), f32(kernel),
+                    f32(bias), input_activation, activation, (strides, dilation, ph[0], pw[0]),
+                    out_hw)
   return y.astype(x.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
-def _native_fused(x, shift, kernel, bias, input_activation, activation, geometry, out_hw):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
+def _native_fused(x, scale, shift, kernel, bias, input_activation, activation, geometry, out_hw):
   return native.call("DepthwiseForwardFused", (x.shape[0], *out_hw, kernel.shape[-1]), x,
-                     shift, kernel, bias, geometry=geometry,
+                     scale, shift, kernel, bias, geometry=geometry,
                      input_activation=ACTIVATION_CODES[input_activation],
                      activation=ACTIVATION_CODES[activation])
 
 
-def _native_fused_fwd(x, shift, kernel, bias, input_activation, activation, geometry, out_hw):
-  y = _native_fused(x, shift, kernel, bias, input_activation, activation, geometry, out_hw)
-  return y, (x, shift, kernel, y)
+def _native_fused_fwd(x, scale, shift, kernel, bias, input_activation, activation, geometry,
+                      out_hw):
+  y = _native_fused(x, scale, shift, kernel, bias, input_activation, activation, geometry,
+                    out_hw)
+  return y, (x, scale, shift, kernel, bias, y)
 
 
 def _native_fused_bwd(input_activation, activation, geometry, out_hw, residuals, dy):
-  """The gradient of activation(conv(x', kernel) + bias), x' recomputed (only
-  something differentiating at inference gets here)."""
-  x, shift, kernel, y = residuals
-  mask = passes_gradient(y, activation)
+  """The gradient of activation(conv(x', kernel) + bias); the kernel gradient
+  reads x through the prologue again, and the input's goes back through it here."""
+  x, scale, shift, kernel, bias, y = residuals
+  mask = passes_gradient(y, activation) if bias.size else None
   if mask is not None:
     dy = jnp.where(mask, dy, 0.0)
+  dbias = jnp.sum(dy, axis=(0, 1, 2)) if bias.size else bias
   if shift.size == 0:
     dx, dkernel = _native_conv_bwd(geometry, out_hw, (x, kernel), dy)
-    return dx, shift, dkernel, jnp.sum(dy, axis=(0, 1, 2))
-  pre, vjp = jax.vjp(lambda x, s: activate(x + s, input_activation), x, shift)
-  dpre, dkernel = _native_conv_bwd(geometry, out_hw, (pre, kernel), dy)
-  return (*vjp(dpre), dkernel, jnp.sum(dy, axis=(0, 1, 2)))
+    return dx, scale, shift, dkernel, dbias
+  code = ACTIVATION_CODES[input_activation]
+  dkernel = native.call("DepthwiseKernelGradFused", kernel.shape, x, scale, shift, dy,
+                        geometry=geometry, input_activation=code)
+  # The gradient by x' where the activation passes it, and its sums by channel
+  # (plain and times x): the shift's and the scale's gradients.
+  dpre, sums = native.call("DepthwiseInputGradFused", [x.shape, (2, x.shape[-1])], dy,
+                           kernel, x, scale, shift, geometry=geometry, input_activation=code)
+  if scale.size == 0:
+    return dpre, scale, sums[0], dkernel, dbias
+  return dpre * scale, sums[1], sums[0], dkernel, dbias
 
 
 _native_fused.defvjp(_native_fused_fwd, _native_fused_bwd)

@@ -126,22 +126,27 @@ inline V8 Load8(const float* p) {
 }
 inline void Store8(float* p, V8 v) { std::memcpy(p, &v, sizeof v); }
 
-// A per-channel bias and an activation, applied where a value passes through
-// registers anyway instead of in a pass of its own: batch norm folded into the kernel
-// at inference leaves one on each output (the epilogue) and, from the previous layer,
-// one on each input row (the prologue).
+// A per-channel scale and bias and an activation, applied where a value passes
+// through registers anyway instead of in a pass of its own: batch norm folded into
+// the kernel at inference leaves a bias on each output (the epilogue) and, from the
+// previous layer, one on each input row (the prologue); in training the previous
+// layer's batch norm is a scale and a shift from the batch's statistics (the
+// prologue, applied again where the kernel gradient reads the rows).
 enum Activation : int64_t { kLinear = 0, kRelu = 1, kRelu6 = 2 };
 struct BiasAct {
   const float* bias = nullptr;  // nullptr: none (gradients, the plain forward pass)
   int64_t activation = kLinear;
+  const float* scale = nullptr;  // nullptr: 1
 };
 inline V8 Finish(V8 s, const BiasAct& e, int64_t c) {
+  if (e.scale) s *= Load8(e.scale + c);
   s += Load8(e.bias + c);
   if (e.activation != kLinear) s = s > V8{} ? s : V8{};
   if (e.activation == kRelu6) s = s < V8{} + 6.f ? s : V8{} + 6.f;
   return s;
 }
 inline float Finish(float s, const BiasAct& e, int64_t c) {
+  if (e.scale) s *= e.scale[c];
   s += e.bias[c];
   if (e.activation != kLinear) s = std::max(s, 0.f);
   if (e.activation == kRelu6) s = std::min(s, 6.f);
@@ -254,12 +259,18 @@ class SourceRows {
 // DotTaps over the valid taps, so every output is written once from registers.
 // `rows_of` / `cols_of` give the pairs of a row / column; `src` rows pass through
 // the prologue `pro` if it has one (the forward pass at inference).
-template <typename RowsOf, typename ColsOf>
+// `row_done(worker, row, out_row)` runs on each finished output row while it is in
+// cache (the input gradient through a prologue masks and sums it there).
+struct NoRowHook {
+  void operator()(int64_t, int64_t, float*) const {}
+};
+template <typename RowsOf, typename ColsOf, typename RowDone = NoRowHook>
 void GatherTaps(ffi::ThreadPool& pool, const Geometry& g, int64_t n_rows, int64_t n_cols,
                 RowsOf rows_of, ColsOf cols_of, const float* src, int64_t src_rows,
                 int64_t src_cols, const float* k, float* out, const BiasAct& e = {},
-                const BiasAct& pro = {}) {
-  ParallelFor(pool, g.n * n_rows, pool.num_threads(), [&](int64_t begin, int64_t end, int64_t) {
+                const BiasAct& pro = {}, RowDone row_done = {}) {
+  ParallelFor(pool, g.n * n_rows, pool.num_threads(), [&](int64_t begin, int64_t end,
+                                                          int64_t worker) {
     std::vector<TapPair> rows(g.kh), cols(g.kw);
     std::vector<const float*> a(g.kh * g.kw), b(g.kh * g.kw), row_ptr(g.kh);
     std::vector<int64_t> row_index(g.kh);
@@ -280,6 +291,7 @@ void GatherTaps(ffi::ThreadPool& pool, const Geometry& g, int64_t n_rows, int64_
         }
         DotTaps(out + (row * n_cols + c) * g.c, a.data(), b.data(), taps, g.c, e);
       }
+      row_done(worker, row, out + row * n_cols * g.c);
     }
   });
 }
@@ -314,7 +326,9 @@ void Forward(ffi::ThreadPool& pool, const Geometry& g, const float* x, const flo
 }
 
 // dx[b, ih, iw] = sum over taps (i, j) whose output (oh, ow) reads (ih, iw).
-void InputGrad(ffi::ThreadPool& pool, const Geometry& g, const float* dy, const float* k, float* dx) {
+template <typename RowDone = NoRowHook>
+void InputGrad(ffi::ThreadPool& pool, const Geometry& g, const float* dy, const float* k,
+               float* dx, RowDone row_done = {}) {
   if (g.m == 1) {
     GatherTaps(
         pool, g, g.h, g.w,
@@ -324,7 +338,7 @@ void InputGrad(ffi::ThreadPool& pool, const Geometry& g, const float* dy, const 
         [&](int64_t iw, TapPair* p) {
           return OutputsOf(iw, g.kw, g.stride, g.rate, g.pad_left, g.ow, p);
         },
-        dy, g.oh, g.ow, k, dx);
+        dy, g.oh, g.ow, k, dx, {}, {}, row_done);
     return;
   }
   const int64_t cm = g.cm();
@@ -350,19 +364,80 @@ void InputGrad(ffi::ThreadPool& pool, const Geometry& g, const float* dy, const 
   });
 }
 
-// dk[i, j] = sum over (b, oh, ow) of x[b, ih, iw] * dy[b, oh, ow]: one pass over
-// dy, one accumulator per thread, summed at the end.
-void KernelGrad(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* dy, float* dk) {
+// The input gradient through a prologue act(x * scale + shift) (depth multiplier 1):
+// dx' = dx where the activation passes the gradient (recomputed from x), else 0, and
+// sums[c] = sum of dx', sums[C + c] = sum of dx' * x: what the scale's and shift's
+// gradients, and batch norm's backward pass, need, taken while each row is in cache.
+void InputGradThroughPrologue(ffi::ThreadPool& pool, const Geometry& g, const float* dy,
+                              const float* k, const float* x, const BiasAct& pro, float* dx,
+                              float* sums) {
+  const int64_t c = g.c, workers = pool.num_threads() + 1;
+  std::vector<std::vector<double>> partial(workers, std::vector<double>(2 * c, 0.0));
+  auto mask_and_sum = [&](int64_t worker, int64_t row, float* out) {
+    const float* xr = x + row * g.w * c;
+    const float* a = pro.scale;
+    std::vector<float> s1(c, 0.f), s2(c, 0.f);
+    for (int64_t p = 0; p < g.w * c; p += c) {
+      int64_t i = 0;
+      for (; i + 8 <= c; i += 8) {
+        const V8 xv = Load8(xr + p + i);
+        V8 pre = (a ? xv * Load8(a + i) : xv) + Load8(pro.bias + i);
+        V8 v = Load8(out + p + i);
+        if (pro.activation == kRelu6) v = (pre > V8{}) & (pre < V8{} + 6.f) ? v : V8{};
+        if (pro.activation == kRelu) v = pre > V8{} ? v : V8{};
+        Store8(out + p + i, v);
+        Store8(s1.data() + i, Load8(s1.data() + i) + v);
+        Store8(s2.data() + i, Load8(s2.data() + i) + v * xv);
+      }
+      for (; i < c; ++i) {
+        const float xv = xr[p + i], pre = (a ? xv * a[i] : xv) + pro.bias[i];
+        const bool passes = pro.activation == kRelu6 ? pre > 0.f && pre < 6.f
+                            : pro.activation == kRelu ? pre > 0.f : true;
+        const float v = passes ? out[p + i] : 0.f;
+        out[p + i] = v, s1[i] += v, s2[i] += v * xv;
+      }
+    }
+    double* acc = partial[worker].data();
+    for (int64_t i = 0; i < c; ++i) acc[i] += s1[i], acc[c + i] += s2[i];
+  };
+  InputGrad(pool, g, dy, k, dx, mask_and_sum);
+  for (int64_t i = 0; i < 2 * c; ++i) {
+    double total = 0.0;
+    for (const auto& p : partial) total += p[i];
+    sums[i] = static_cast<float>(total);
+  }
+}
+
+// dk[i, j] = sum over (b, oh, ow) of x'[b, ih, iw] * dy[b, oh, ow], x' = x or, with
+// a prologue, x with it applied (as the forward pass read it): one pass over dy, one
+// accumulator per thread, summed at the end.
+void KernelGrad(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* dy,
+                float* dk, const BiasAct& pro = {}) {
   const int64_t cm = g.cm(), taps = g.kh * g.kw;
   const int64_t workers = std::max<int64_t>(1, std::min(pool.num_threads(), g.n * g.oh));
   std::vector<std::vector<float>> partial(workers, std::vector<float>(taps * cm, 0.f));
   ParallelFor(pool, g.n * g.oh, workers, [&](int64_t begin, int64_t end, int64_t worker) {
     float* acc = partial[worker].data();
+    std::vector<TapPair> rows(g.kh);
+    std::vector<int64_t> row_index(g.kh);
+    std::vector<const float*> row_ptr(g.kh);
+    SourceRows source(x, g.w * g.c, g.c, pro, g.kh);
     for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / g.oh, oh = row % g.oh;
+      const int64_t nr = InputsOf(oh, g.kh, g.stride, g.rate, g.pad_top, g.h, rows.data());
+      for (int64_t i = 0; i < nr; ++i) row_index[i] = b * g.h + rows[i].pos;
+      source.Get(row_index.data(), nr, row_ptr.data());
       const float* dyrow = dy + row * g.ow * cm;
-      ForEachTap(g, x, row, [&](const float* xp, int64_t ow, int64_t tap) {
-        MulAccBroadcast(acc + tap * cm, xp, dyrow + ow * cm, g.c, g.m);
-      });
+      for (int64_t i = 0; i < nr; ++i) {
+        for (int64_t ow = 0; ow < g.ow; ++ow) {
+          for (int64_t j = 0; j < g.kw; ++j) {
+            const int64_t iw = InputIndex(ow, j, g.stride, g.rate, g.pad_left, g.w);
+            if (iw >= 0)
+              MulAccBroadcast(acc + (rows[i].tap * g.kw + j) * cm, row_ptr[i] + iw * g.c,
+                              dyrow + ow * cm, g.c, g.m);
+          }
+        }
+      }
     }
   });
   std::memcpy(dk, partial[0].data(), sizeof(float) * taps * cm);
@@ -423,27 +498,47 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, F32 x, F32 k, F32Out y, int64_t str
   return ffi::Error::Success();
 }
 
-// The forward pass at inference, batch norms folded: y = act(conv(pre(x + shift), k)
-// + bias), where shift (C,) and pre are the previous layer's (an empty shift: x is
-// used as it is) and bias (C*M,) and act this layer's; activations 0 linear, 1 ReLU,
-// 2 ReLU6.
-ffi::Error ForwardFusedImpl(ffi::ThreadPool pool, F32 x, F32 shift, F32 k, F32 bias, F32Out y,
-                            int64_t stride, int64_t rate, int64_t pad_top, int64_t pad_left,
-                            int64_t input_activation, int64_t activation) {
+// The forward pass with batch norms applied on the way: y = act(conv(pre(x * scale +
+// shift), k) + bias). scale and shift (C,) and pre are the previous layer's (an empty
+// shift: x is used as it is; an empty scale: 1), bias (C*M,) and act this layer's (an
+// empty bias: none). Inference, batch norms folded, passes a shift and a bias; training
+// a scale and a shift from the batch's statistics and no bias. Activations 0 linear,
+// 1 ReLU, 2 ReLU6.
+ffi::Error CheckPrologue(ffi::Span<const int64_t> x, ffi::Span<const int64_t> k, F32& scale,
+                         F32& shift, int64_t input_activation) {
+  const int64_t c = x[3];
+  const bool prologue = shift.element_count() != 0;
+  if (prologue ? (shift.element_count() != c || k[3] != c ||
+                  (scale.element_count() != 0 && scale.element_count() != c))
+               : scale.element_count() != 0)
+    return ffi::Error::InvalidArgument(
+        "depthwise_cpu: shift must be empty or have the input's channels (depth multiplier "
+        "1), and scale empty or the same, only with a shift");
+  if (input_activation < kLinear || input_activation > kRelu6)
+    return ffi::Error::InvalidArgument("depthwise_cpu: activations are 0, 1 or 2");
+  return ffi::Error::Success();
+}
+
+BiasAct Prologue(F32& scale, F32& shift, int64_t input_activation) {
+  if (shift.element_count() == 0) return {};
+  return {shift.typed_data(), input_activation,
+          scale.element_count() ? scale.typed_data() : nullptr};
+}
+
+ffi::Error ForwardFusedImpl(ffi::ThreadPool pool, F32 x, F32 scale, F32 shift, F32 k, F32 bias,
+                            F32Out y, int64_t stride, int64_t rate, int64_t pad_top,
+                            int64_t pad_left, int64_t input_activation, int64_t activation) {
   auto dx = x.dimensions(), dk = k.dimensions(), dy = y->dimensions();
   if (auto e = CheckRanks(dx.size(), dk.size(), dy.size()); e.failure()) return e;
-  const bool prologue = shift.element_count() != 0;
-  if (bias.element_count() != dk[3] || (prologue && (shift.element_count() != dx[3] ||
-                                                     dk[3] != dx[3])))
+  if (auto e = CheckPrologue(dx, dk, scale, shift, input_activation); e.failure()) return e;
+  if (bias.element_count() != 0 && bias.element_count() != dk[3])
     return ffi::Error::InvalidArgument(
-        "depthwise_cpu: bias must have the output's channels, shift none or the input's "
-        "(depth multiplier 1)");
-  for (int64_t a : {input_activation, activation})
-    if (a < kLinear || a > kRelu6)
-      return ffi::Error::InvalidArgument("depthwise_cpu: activations are 0, 1 or 2");
+        "depthwise_cpu: bias must be empty or have the output's channels");
+  if (activation < kLinear || activation > kRelu6)
+    return ffi::Error::InvalidArgument("depthwise_cpu: activations are 0, 1 or 2");
+  const BiasAct epilogue{bias.element_count() ? bias.typed_data() : nullptr, activation};
   Forward(pool, FromShapes(dx, dk, dy, stride, rate, pad_top, pad_left), x.typed_data(),
-          k.typed_data(), y->typed_data(), BiasAct{bias.typed_data(), activation},
-          BiasAct{prologue ? shift.typed_data() : nullptr, input_activation});
+          k.typed_data(), y->typed_data(), epilogue, Prologue(scale, shift, input_activation));
   return ffi::Error::Success();
 }
 
@@ -462,6 +557,35 @@ ffi::Error KernelGradImpl(ffi::ThreadPool pool, F32 x, F32 dy, F32Out dk, int64_
   if (auto e = CheckRanks(sx.size(), sk.size(), sy.size()); e.failure()) return e;
   KernelGrad(pool, FromShapes(sx, sk, sy, stride, rate, pad_top, pad_left), x.typed_data(),
              dy.typed_data(), dk->typed_data());
+  return ffi::Error::Success();
+}
+
+// The kernel gradient of the fused forward pass: x read through the same prologue.
+ffi::Error KernelGradFusedImpl(ffi::ThreadPool pool, F32 x, F32 scale, F32 shift, F32 dy,
+                               F32Out dk, int64_t stride, int64_t rate, int64_t pad_top,
+                               int64_t pad_left, int64_t input_activation) {
+  auto sx = x.dimensions(), sk = dk->dimensions(), sy = dy.dimensions();
+  if (auto e = CheckRanks(sx.size(), sk.size(), sy.size()); e.failure()) return e;
+  if (auto e = CheckPrologue(sx, sk, scale, shift, input_activation); e.failure()) return e;
+  KernelGrad(pool, FromShapes(sx, sk, sy, stride, rate, pad_top, pad_left), x.typed_data(),
+             dy.typed_data(), dk->typed_data(), Prologue(scale, shift, input_activation));
+  return ffi::Error::Success();
+}
+
+// The input gradient of the fused forward pass through its prologue: dx' (N, H, W, C)
+// and sums (2, C), as InputGradThroughPrologue says.
+ffi::Error InputGradFusedImpl(ffi::ThreadPool pool, F32 dy, F32 k, F32 x, F32 scale, F32 shift,
+                              F32Out dx, F32Out sums, int64_t stride, int64_t rate,
+                              int64_t pad_top, int64_t pad_left, int64_t input_activation) {
+  auto sx = x.dimensions(), sk = k.dimensions(), sy = dy.dimensions();
+  if (auto e = CheckRanks(sx.size(), sk.size(), sy.size()); e.failure()) return e;
+  if (auto e = CheckPrologue(sx, sk, scale, shift, input_activation); e.failure()) return e;
+  if (shift.element_count() == 0 || sums->element_count() != static_cast<size_t>(2 * sx[3]))
+    return ffi::Error::InvalidArgument("depthwise_cpu: needs a shift, and sums of (2, C)");
+  InputGradThroughPrologue(pool, FromShapes(sx, sk, sy, stride, rate, pad_top, pad_left),
+                           dy.typed_data(), k.typed_data(), x.typed_data(),
+                           Prologue(scale, shift, input_activation), dx->typed_data(),
+                           sums->typed_data());
   return ffi::Error::Success();
 }
 
@@ -495,6 +619,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(DepthwiseForwardFused, ForwardFusedImpl,
                                   .Arg<F32>()
                                   .Arg<F32>()
                                   .Arg<F32>()
+                                  .Arg<F32>()
                                   .Ret<F32>()
                                   .GEOMETRY_ATTRS()
                                   .Attr<int64_t>("input_activation")
@@ -503,6 +628,28 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(DepthwiseInputGrad, InputGradImpl,
                               DEPTHWISE_BINDING());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(DepthwiseKernelGrad, KernelGradImpl,
                               DEPTHWISE_BINDING());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DepthwiseInputGradFused, InputGradFusedImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Ret<F32>()
+                                  .Ret<F32>()
+                                  .GEOMETRY_ATTRS()
+                                  .Attr<int64_t>("input_activation"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DepthwiseKernelGradFused, KernelGradFusedImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Ret<F32>()
+                                  .GEOMETRY_ATTRS()
+                                  .Attr<int64_t>("input_activation"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(Patches, PatchesImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()

@@ -36,6 +36,8 @@ TARGETS = {
     "DepthwiseForwardFused": "mobilenet_jax_depthwise_forward_fused",
     "DepthwiseInputGrad": "mobilenet_jax_depthwise_input_grad",
     "DepthwiseKernelGrad": "mobilenet_jax_depthwise_kernel_grad",
+    "DepthwiseInputGradFused": "mobilenet_jax_depthwise_input_grad_fused",
+    "DepthwiseKernelGradFused": "mobilenet_jax_depthwise_kernel_grad_fused",
     "Patches": "mobilenet_jax_patches",
 }
 # Tried in order: tuned for this CPU, then portable (compilers without -march=native).
@@ -120,16 +122,18 @@ def load() -> ctypes.CDLL:
 
 
 def call(target: str, shape, *operands, geometry, **attributes):
-  """The float32 result of `shape` of TARGETS[target] on the operands, with the
-  convolution's geometry (stride, dilation, pad_top, pad_left) and any other
-  integer attributes; varying over the device axes as the first operand."""
+  """The float32 result of `shape` (a list of shapes: a list of results) of
+  TARGETS[target] on the operands, with the convolution's geometry (stride,
+  dilation, pad_top, pad_left) and any other integer attributes; varying over the
+  device axes as the first operand."""
   load()
   stride, dilation, pad_top, pad_left = (np.int64(v) for v in geometry)
-  result = jax.ShapeDtypeStruct(shape, jnp.float32)
+  result = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s, jnp.float32), shape,
+                        is_leaf=lambda s: isinstance(s, tuple))
   out = jax.ffi.ffi_call(TARGETS[target], result, vmap_method="sequential")(
       *operands, stride=stride, dilation=dilation, pad_top=pad_top, pad_left=pad_left,
       **{k: np.int64(v) for k, v in attributes.items()})
-  return vary_like(out, operands[0])
+  return jax.tree.map(lambda o: vary_like(o, operands[0]), out)
 
 
 @functools.cache
