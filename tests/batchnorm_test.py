@@ -10,7 +10,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from mobilenet_jax import parallel
-from mobilenet_jax.ops.batchnorm import BatchNormAct
+from mobilenet_jax.ops.batchnorm import BatchNormAct, value
 
 REFERENCE_ACTIVATIONS = {"relu6": jax.nn.relu6, "relu": jax.nn.relu, "linear": lambda y: y}
 
@@ -31,29 +31,33 @@ def data():
   return x, params, stats, cotangent
 
 
-def train_apply(module, act, params, stats, x):
+def train_apply(module, act, params, stats, x, **call):
   out, updates = module.apply({"params": params, "batch_stats": stats}, x,
-                              mutable=["batch_stats"])
-  return act(out), updates["batch_stats"]
+                              mutable=["batch_stats"], **call)
+  return act(value(out)), updates["batch_stats"]
 
 
-def loss_and_stats(module, act, cotangent, x, params, stats):
-  out, new_stats = train_apply(module, act, params, stats, x)
+def loss_and_stats(module, act, cotangent, x, params, stats, **call):
+  out, new_stats = train_apply(module, act, params, stats, x, **call)
   return jnp.sum(out * cotangent), new_stats
 
 
+# defer: the result left pending for a native depthwise layer (a PreActivation,
+# its gradient through autodiff), here taken by value().
+@pytest.mark.parametrize("defer", [False, True])
 @pytest.mark.parametrize("activation", ["relu6", "relu", "linear"])
-def test_matches_flax_batchnorm_then_activation(activation):
+def test_matches_flax_batchnorm_then_activation(activation, defer):
   x, params, stats, cotangent = data()
   kw = dict(momentum=0.9, epsilon=1e-3)
   fused = BatchNormAct(activation=activation, **kw)
   ref, act = reference(activation, use_running_average=False, **kw)
 
   results = []
-  for module, a in ((fused, lambda y: y), (ref, act)):
-    grad_fn = jax.jit(jax.grad(functools.partial(loss_and_stats, module, a, cotangent),
+  for module, a, call in ((fused, lambda y: y, dict(defer=defer)), (ref, act, {})):
+    grad_fn = jax.jit(jax.grad(functools.partial(loss_and_stats, module, a, cotangent, **call),
                                argnums=(0, 1), has_aux=True))
-    results.append((train_apply(module, a, params, stats, x), grad_fn(x, params, stats)))
+    results.append((train_apply(module, a, params, stats, x, **call),
+                    grad_fn(x, params, stats)))
   (out, new_stats), ((dx, dparams), _) = results[0]
   (out_ref, new_stats_ref), ((dx_ref, dparams_ref), _) = results[1]
   np.testing.assert_allclose(out, out_ref, atol=2e-5)
@@ -72,8 +76,9 @@ def test_matches_flax_batchnorm_then_activation(activation):
   np.testing.assert_allclose(evaluated, act(ref_eval), atol=2e-5)
 
 
+@pytest.mark.parametrize("defer", [False, True])
 @pytest.mark.parametrize("sync", [False, True])
-def test_matches_flax_across_devices(sync):
+def test_matches_flax_across_devices(sync, defer):
   """In the train step's shard_map: per-device statistics, or with sync BN the
   statistics of the whole batch; parameter gradients summed over devices."""
   x, params, stats, cotangent = data()
@@ -84,23 +89,23 @@ def test_matches_flax_across_devices(sync):
   fused = BatchNormAct(activation="relu6", **kw)
   ref, act = reference("relu6", use_running_average=False, **kw)
 
-  def step(module, a, params, stats, x, cotangent):
+  def step(module, a, call, params, stats, x, cotangent):
     (dx, dparams), new_stats = jax.grad(
-        functools.partial(loss_and_stats, module, a, cotangent), argnums=(0, 1),
+        functools.partial(loss_and_stats, module, a, cotangent, **call), argnums=(0, 1),
         has_aux=True)(x, params, stats)
     if not sync:  # per-device statistics differ; compare their average
       new_stats = jax.lax.pmean(new_stats, parallel.DATA)
     return dx, dparams, new_stats
 
-  def run(module, a):
-    fn = jax.jit(jax.shard_map(functools.partial(step, module, a), mesh=mesh,
+  def run(module, a, call):
+    fn = jax.jit(jax.shard_map(functools.partial(step, module, a, call), mesh=mesh,
                                in_specs=(P(), P(), P(parallel.DATA), P(parallel.DATA)),
                                out_specs=(P(parallel.DATA), P(), P())))
     batch = parallel.shard_batch({"x": x, "c": cotangent}, mesh)
     return fn(parallel.replicate(params, mesh), parallel.replicate(stats, mesh),
               batch["x"], batch["c"])
 
-  got, want = run(fused, lambda y: y), run(ref, act)
+  got, want = run(fused, lambda y: y, dict(defer=defer)), run(ref, act, {})
   np.testing.assert_allclose(got[0], want[0], atol=1e-4)
   for a, b in zip(jax.tree.leaves(got[1:]), jax.tree.leaves(want[1:])):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
