@@ -498,12 +498,7 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, F32 x, F32 k, F32Out y, int64_t str
   return ffi::Error::Success();
 }
 
-// The forward pass with batch norms applied on the way: y = act(conv(pre(x * scale +
-// shift), k) + bias). scale and shift (C,) and pre are the previous layer's (an empty
-// shift: x is used as it is; an empty scale: 1), bias (C*M,) and act this layer's (an
-// empty bias: none). Inference, batch norms folded, passes a shift and a bias; training
-// a scale and a shift from the batch's statistics and no bias. Activations 0 linear,
-// 1 ReLU, 2 ReLU6.
+// The prologue's operands (scale, shift: see ForwardFusedImpl) checked, and as a BiasAct.
 ffi::Error CheckPrologue(ffi::Span<const int64_t> x, ffi::Span<const int64_t> k, F32& scale,
                          F32& shift, int64_t input_activation) {
   const int64_t c = x[3];
@@ -525,6 +520,12 @@ BiasAct Prologue(F32& scale, F32& shift, int64_t input_activation) {
           scale.element_count() ? scale.typed_data() : nullptr};
 }
 
+// The forward pass with batch norms applied on the way: y = act(conv(pre(x * scale +
+// shift), k) + bias). scale and shift (C,) and pre are the previous layer's (an empty
+// shift: x is used as it is; an empty scale: 1), bias (C*M,) and act this layer's (an
+// empty bias: none). Inference, batch norms folded, passes a shift and a bias; training
+// a scale and a shift from the batch's statistics and no bias. Activations 0 linear,
+// 1 ReLU, 2 ReLU6.
 ffi::Error ForwardFusedImpl(ffi::ThreadPool pool, F32 x, F32 scale, F32 shift, F32 k, F32 bias,
                             F32Out y, int64_t stride, int64_t rate, int64_t pad_top,
                             int64_t pad_left, int64_t input_activation, int64_t activation) {
