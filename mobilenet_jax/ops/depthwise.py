@@ -196,7 +196,7 @@ def _native_fused_fwd(x, scale, shift, kernel, bias, input_activation, activatio
                       out_hw):
   y = _native_fused(x, scale, shift, kernel, bias, input_activation, activation, geometry,
                     out_hw)
-  return y, (x, scale, shift, kernel, bias, y)
+  return y, (x, scale, shift, kernel, bias, y if bias.size else None)  # y: the epilogue's mask
 
 
 def _native_fused_bwd(input_activation, activation, geometry, out_hw, residuals, dy):

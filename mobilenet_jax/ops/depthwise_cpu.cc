@@ -373,10 +373,12 @@ void InputGradThroughPrologue(ffi::ThreadPool& pool, const Geometry& g, const fl
                               float* sums) {
   const int64_t c = g.c, workers = pool.num_threads() + 1;
   std::vector<std::vector<double>> partial(workers, std::vector<double>(2 * c, 0.0));
+  std::vector<std::vector<float>> row_sums(workers, std::vector<float>(2 * c));
   auto mask_and_sum = [&](int64_t worker, int64_t row, float* out) {
     const float* xr = x + row * g.w * c;
     const float* a = pro.scale;
-    std::vector<float> s1(c, 0.f), s2(c, 0.f);
+    float *s1 = row_sums[worker].data(), *s2 = s1 + c;  // this row's sums
+    std::fill(s1, s1 + 2 * c, 0.f);
     for (int64_t p = 0; p < g.w * c; p += c) {
       int64_t i = 0;
       for (; i + 8 <= c; i += 8) {
@@ -386,8 +388,8 @@ void InputGradThroughPrologue(ffi::ThreadPool& pool, const Geometry& g, const fl
         if (pro.activation == kRelu6) v = (pre > V8{}) & (pre < V8{} + 6.f) ? v : V8{};
         if (pro.activation == kRelu) v = pre > V8{} ? v : V8{};
         Store8(out + p + i, v);
-        Store8(s1.data() + i, Load8(s1.data() + i) + v);
-        Store8(s2.data() + i, Load8(s2.data() + i) + v * xv);
+        Store8(s1 + i, Load8(s1 + i) + v);
+        Store8(s2 + i, Load8(s2 + i) + v * xv);
       }
       for (; i < c; ++i) {
         const float xv = xr[p + i], pre = (a ? xv * a[i] : xv) + pro.bias[i];
