@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from mobilenet_jax.ops import native
 from mobilenet_jax.ops.sharding import vary_like
 
 ACTIVATIONS = ("relu6", "relu", "linear")
@@ -89,6 +90,18 @@ def moments(x, axis_name=None):
   n = count(x, axis_name)
   mean = _sum(x, axis_name) / n
   return mean, jnp.maximum(_sum(x * x, axis_name) / n - mean * mean, 0.0)
+
+
+@jax.custom_vjp
+def native_sums(x):
+  """(2, C): this device's sums of x and of x * x over all but the channel axis,
+  in one native pass (XLA makes each its own pass); CPU, native kernels only."""
+  c = x.shape[-1]
+  ones, zeros = vary_like(jnp.ones((c,)), x), vary_like(jnp.zeros((c,)), x)
+  return native.call("MaskedChannelSums", (2, c), x, x, ones, zeros, activation=0)
+
+
+native_sums.defvjp(lambda x: (native_sums(x), x), lambda x, ds: (ds[0] + 2 * x * ds[1],))
 
 
 def moments_from_sums(sums, n, axis_name=None):
@@ -186,8 +199,8 @@ class BatchNormAct(nn.Module):
   def __call__(self, x, defer: bool = False, normalize=None):
     """act(BatchNorm(x)); with `defer` in training, the PreActivation that stands
     for it (its consumer, the native depthwise layer, applies it): the statistics
-    and running averages are the same, and autodiff takes the gradient through
-    them. `normalize(scale, bias) -> (out, mean, var)`, in training, is a layer
+    (both sums in one native pass) and running averages are the same, and autodiff
+    takes the gradient through them. `normalize(scale, bias) -> (out, mean, var)`, in training, is a layer
     that normalizes its own output in its passes (the native depthwise layer); x
     then only gives the channels and device axes."""
     scale, bias, ra_mean, ra_var = declare_variables(self, x.shape[-1])
@@ -197,7 +210,7 @@ class BatchNormAct(nn.Module):
       return activate(x32 * a + b, self.activation).astype(self.dtype)
     scale, bias = vary_like(scale, x32), vary_like(bias, x32)
     if defer:
-      mean, var = moments(x32, self.axis_name)
+      mean, var = moments_from_sums(native_sums(x32), count(x32), self.axis_name)
       a, b = fold(scale, bias, mean, var, self.epsilon)
       out = PreActivation(x.astype(self.dtype), b, self.activation, scale=a)
     else:

@@ -288,7 +288,7 @@ def _native_bn_bwd(input_activation, activation, epsilon, axis_name, geometry, o
   del epsilon, out_hw
   x, input_scale, input_shift, kernel, y, mean, inv, scale, a, b = residuals
   dz = cotangents[0]  # the statistics' own cotangents are zero: only running averages use them
-  g = native.call("BatchNormGradSums", (2, y.shape[-1]), dz, y, a, b,
+  g = native.call("MaskedChannelSums", (2, y.shape[-1]), dz, y, a, b,
                   activation=ACTIVATION_CODES[activation])
   dscale, dbias, c1, c2 = backward_terms(g[0], g[1], mean, inv, scale, count(y, axis_name),
                                          axis_name)

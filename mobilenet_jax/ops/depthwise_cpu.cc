@@ -693,10 +693,11 @@ GradPrologue Grad(F32& y, F32& a, F32& b, F32& c1, F32& c2, int64_t activation) 
           activation};
 }
 
-// Batch norm's backward sums (2, C) for act(y * a + b): of v and of v * y, v = dz where
-// the activation passes the gradient; one pass over dz and y (any rank, channels last).
-ffi::Error GradSumsImpl(ffi::ThreadPool pool, F32 dz, F32 y, F32 a, F32 b, F32Out sums,
-                        int64_t activation) {
+// Per-channel sums (2, C) of v and of v * y, v = dz where act(y * a + b) passes the
+// gradient, in one pass over dz and y (any rank, channels last): batch norm's backward
+// sums, and (dz = y, a = 1, b = 0, linear) its statistics, sum of y and of y * y.
+ffi::Error ChannelSumsImpl(ffi::ThreadPool pool, F32 dz, F32 y, F32 a, F32 b, F32Out sums,
+                           int64_t activation) {
   auto shape = dz.dimensions();
   const int64_t c = shape.size() < 2 ? 0 : shape[shape.size() - 1];
   if (c == 0 || y.element_count() != dz.element_count() ||
@@ -704,9 +705,9 @@ ffi::Error GradSumsImpl(ffi::ThreadPool pool, F32 dz, F32 y, F32 a, F32 b, F32Ou
       b.element_count() != static_cast<size_t>(c) ||
       sums->element_count() != static_cast<size_t>(2 * c))
     return ffi::Error::InvalidArgument(
-        "batchnorm_cpu: dz and y of one shape, a and b of its channels, sums (2, C)");
+        "channel_sums: dz and y of one shape, a and b of its channels, sums (2, C)");
   if (activation < kLinear || activation > kRelu6)
-    return ffi::Error::InvalidArgument("batchnorm_cpu: activations are 0, 1 or 2");
+    return ffi::Error::InvalidArgument("channel_sums: activations are 0, 1 or 2");
   const int64_t width = shape[shape.size() - 2];
   const int64_t rows = dz.element_count() / (width * c);
   ChannelSums totals(pool.num_threads() + 1, c);
@@ -825,7 +826,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(DepthwiseForwardStats, ForwardStatsImpl,
                                   .Ret<F32>()
                                   .GEOMETRY_ATTRS()
                                   .Attr<int64_t>("input_activation"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormGradSums, GradSumsImpl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MaskedChannelSums, ChannelSumsImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<F32>()

@@ -1,5 +1,5 @@
 """Builds the native CPU kernels (depthwise_cpu.cc: the depthwise convolution,
-and the stem's image patches) and registers them with XLA.
+the stem's image patches, batch norm's sums) and registers them with XLA.
 
 The library is compiled on first use with the machine's C++ compiler against the
 installed jaxlib's FFI headers, for this CPU (-march=native), and cached in
@@ -35,7 +35,7 @@ TARGETS = {
     "DepthwiseForward": "mobilenet_jax_depthwise_forward",
     "DepthwiseForwardFused": "mobilenet_jax_depthwise_forward_fused",
     "DepthwiseForwardStats": "mobilenet_jax_depthwise_forward_stats",
-    "BatchNormGradSums": "mobilenet_jax_batchnorm_grad_sums",
+    "MaskedChannelSums": "mobilenet_jax_channel_sums",
     "DepthwiseInputGrad": "mobilenet_jax_depthwise_input_grad",
     "DepthwiseKernelGrad": "mobilenet_jax_depthwise_kernel_grad",
     "DepthwiseInputGradFused": "mobilenet_jax_depthwise_input_grad_fused",
