@@ -2,6 +2,7 @@
 XLA's grouped convolution."""
 
 import functools
+import re
 
 import flax.linen as nn
 import jax
@@ -165,6 +166,71 @@ def test_native_fused_forward_equals_reference_and_gradients(strides, dilation, 
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
+def conv_batchnorm_reference(x, input_scale, input_shift, kernel, scale, bias, strides,
+                             dilation, input_activation, activation):
+  """act(BatchNorm(lax depthwise(input_act(x * input_scale + input_shift)))) with
+  the batch's statistics as flax takes them (biased variance E[y^2] - E[y]^2)."""
+  x = activate(x * input_scale + input_shift, input_activation)
+  y = lax_reference(x, kernel, strides, "SAME", dilation)
+  mean = jnp.mean(y, axis=(0, 1, 2))
+  var = jnp.mean(y * y, axis=(0, 1, 2)) - mean * mean
+  return activate((y - mean) * lax.rsqrt(var + 1e-3) * scale + bias, activation), mean, var
+
+
+@pytest.mark.parametrize("strides, dilation, channels", [(1, 1, 45), (2, 1, 37), (1, 2, 45)])
+@pytest.mark.parametrize("activation", ["relu6", "relu", "linear"])
+@pytest.mark.parametrize("sync", [False, True])
+def test_native_depthwise_batchnorm_equals_reference_and_gradients(strides, dilation, channels,
+                                                                   activation, sync):
+  """Training's depthwise with both batch norms in its passes (depthwise_batchnorm:
+  statistics taken as outputs are stored, dz made dy as the gradients read rows)
+  against lax's depthwise between the input's scale, shift and activation and
+  this layer's batch norm and activation: output, batch statistics and every
+  gradient (input, input scale and shift, kernel, scale, bias). On one device, and
+  in the train step's shard_map with sync BN (statistics over the whole batch,
+  parameter gradients summed over devices). Spread so that ReLU6 clips at both
+  ends; 45 and 37 channels reach the 32-, 8- and 1-wide loops."""
+  keys = jax.random.split(jax.random.key(0), 6)
+  x = 3 * jax.random.normal(keys[0], (8, 9, 8, channels))
+  args = (x, 1.5 + 0.5 * jax.random.normal(keys[1], (channels,)),
+          jax.random.normal(keys[2], (channels,)),
+          jax.random.normal(keys[3], (3, 3, 1, channels)),
+          3 + jax.random.normal(keys[4], (channels,)),
+          2 + jax.random.normal(keys[5], (channels,)))
+  pre = "relu" if activation == "relu6" else "relu6"
+
+  def native(axis_name):
+    return lambda x, a, s, w, g, b: depthwise.depthwise_batchnorm(
+        x, w, strides, "SAME", dilation, a, s, pre, g, b, 1e-3, activation, axis_name)
+
+  def with_grads(fn):
+    def run(*a):
+      loss = lambda *a: (lambda o: (jnp.sum(jnp.sin(o[0])), o))(fn(*a))
+      return jax.grad(loss, argnums=tuple(range(6)), has_aux=True)(*a)[::-1]
+    return run
+
+  reference = functools.partial(conv_batchnorm_reference, strides=strides, dilation=dilation,
+                                input_activation=pre, activation=activation)
+  want = jax.jit(with_grads(reference))(*args)
+  if sync:
+    mesh = parallel.create_mesh()
+    data, same = P(parallel.DATA), P()
+    sharded = jax.jit(jax.shard_map(
+        with_grads(native(parallel.DATA)), mesh=mesh, in_specs=(data,) + (same,) * 5,
+        out_specs=((data, same, same), (data,) + (same,) * 5)))
+    got = sharded(parallel.shard_batch({"x": x}, mesh)["x"],
+                  *(parallel.replicate(a, mesh) for a in args[1:]))
+  else:
+    got = jax.jit(with_grads(native(None)))(*args)
+  out = want[0][0]
+  if activation == "relu6":
+    assert float(jnp.mean(out == 6.0)) > 0.05 and float(jnp.mean(out == 0.0)) > 0.05
+  names = ("out", "mean", "var", "dx", "dinput_scale", "dinput_shift", "dkernel", "dscale",
+           "dbias")
+  for name, a, b in zip(names, jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-3, err_msg=name)
+
+
 def fused_operands(hlo: str, target: str):
   """The operand types of each custom call to `target` in lowered StableHLO."""
   return [line.split(": (")[-1].split(") ->")[0].split(", ")
@@ -227,18 +293,31 @@ def test_training_applies_batch_norm_in_the_native_depthwise(name):
   """In training every native depthwise layer (13 in V1, 17 in V2) reads its
   input's batch norm (the batch's scale and shift) and activation through its
   prologue, in the forward pass and the kernel gradient, so the activated tensor
-  is never stored; the loss, every parameter's gradient and the new running
-  averages are those of the unfused conv -> batch norm -> act with depthwise "lax"."""
+  is never stored, and takes its own batch norm's statistics in the forward pass
+  and that batch norm's backward pass in both gradients (depthwise_batchnorm); the
+  loss, every parameter's gradient and the new running averages are those of the
+  unfused conv -> batch norm -> act with depthwise "lax"."""
   x = jax.random.normal(jax.random.key(0), (2, 33, 33, 3))
   model = get_model(dict(name=name, alpha=0.35, num_classes=7, depthwise_impl="native"))
   variables = jax.jit(model.init)(jax.random.key(1), x)
   hlo = train_loss_and_grads(model, variables, x).lower(variables["params"]).as_text()
-  forward = fused_operands(hlo, "mobilenet_jax_depthwise_forward_fused")
+  forward = fused_operands(hlo, "mobilenet_jax_depthwise_forward_stats")
   assert len(forward) == (13 if name == "mobilenet_v1" else 17)
+  assert not fused_operands(hlo, "mobilenet_jax_depthwise_forward_fused")
   empty = "tensor<0xf32>"
-  # (x, scale, shift, kernel, bias): the input's scale and shift, no bias.
-  assert all(empty not in (ops[1], ops[2]) and ops[4] == empty for ops in forward)
-  assert len(fused_operands(hlo, "mobilenet_jax_depthwise_kernel_grad_fused")) == len(forward)
+  assert all(empty not in ops for ops in forward)  # (x, scale, shift, kernel)
+  # (x, scale, shift, dz, y, a, b, c1, c2) and (dz, y, a, b, c1, c2, kernel, x, scale,
+  # shift): both gradients take dy from dz through this layer's batch norm.
+  kernel_grads = fused_operands(hlo, "mobilenet_jax_depthwise_kernel_grad_fused")
+  input_grads = fused_operands(hlo, "mobilenet_jax_depthwise_input_grad_fused")
+  assert len(kernel_grads) == len(input_grads) == len(forward)
+  assert all(empty not in ops for ops in kernel_grads + input_grads)
+  # Batch norm's sums, one native pass each: (dz, y, a, b) for this layer's backward
+  # pass, (x, x, 1, 0) for the statistics of each pending batch norm (every
+  # depthwise layer's input).
+  sums = re.findall(r"@mobilenet_jax_channel_sums\((%[^,]+), (%[^,]+),", hlo)
+  assert sum(dz != y for dz, y in sums) == len(forward)
+  assert sum(dz == y for dz, y in sums) >= len(forward)
 
   fused, unfused = (get_model(dict(name=name, alpha=0.35, num_classes=7, depthwise_impl=impl,
                                    **SHALLOW[name])) for impl in ("native", "lax"))

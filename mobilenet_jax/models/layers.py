@@ -18,7 +18,8 @@ from mobilenet_jax.ops.batchnorm import (ACTIVATIONS, BATCHNORM_IMPLS, BatchNorm
                                          value)
 from mobilenet_jax.ops.conv import Conv, KernelParam, conv
 from mobilenet_jax.ops.depthwise import IMPL_FNS as depthwise_fns
-from mobilenet_jax.ops.depthwise import DepthwiseConv, depthwise_bias_act, resolve_impl
+from mobilenet_jax.ops.depthwise import (DepthwiseConv, depthwise_batchnorm, depthwise_bias_act,
+                                         resolve_impl)
 from mobilenet_jax.ops.pointwise import Pointwise, pointwise
 from mobilenet_jax.ops import quantize
 
@@ -70,19 +71,22 @@ class ConvBN(nn.Module):
       return self.folded_depthwise(x)
     if folds and defer:
       return self.folded_conv(value(x))
-    if native and depthwise and self.reads_pending(x):
-      x = self.normalizing_depthwise(x)
-    else:
-      x = self.convolution(value(x))
+    if native and depthwise and self.reads_pending(x) and not defer:
+      # Training (folds returned): both batch norms are applied in the native passes.
+      return self.batch_norm(train, frozen)(x.raw, normalize=self.normalizing_depthwise(x))
+    x = self.convolution(value(x))
     if s.batchnorm_impl == "flax":  # the reference the fused form is tested against
       x = nn.BatchNorm(use_running_average=not train or frozen, momentum=s.bn_momentum,
                        epsilon=s.bn_epsilon, axis_name=s.bn_axis_name, dtype=s.dtype,
                        name="bn")(x)
       return activate(x, self.activation)
+    return self.batch_norm(train, frozen)(x, defer=native and defer and train)
+
+  def batch_norm(self, train: bool, frozen: bool):
+    s = self.settings
     return BatchNormAct(use_running_average=not train or frozen, momentum=s.bn_momentum,
                         epsilon=s.bn_epsilon, axis_name=s.bn_axis_name,
-                        activation=self.activation, dtype=s.dtype,
-                        name="bn")(x, defer=native and defer and train)
+                        activation=self.activation, dtype=s.dtype, name="bn")
 
   def convolution(self, x):
     """The layer's convolution, as its kind and the settings choose."""
@@ -103,16 +107,17 @@ class ConvBN(nn.Module):
     return isinstance(x, PreActivation) and self.features == x.shape[-1]
 
   def normalizing_depthwise(self, x: PreActivation):
-    """The depthwise convolution of x's value, its scale, shift and activation
-    applied as the native kernel reads rows (training: the activated tensor is
-    never stored). The same parameter as DepthwiseConv's."""
+    """In training, BatchNormAct's `normalize` for this layer on the native kernel:
+    the depthwise convolution of x's value, x's scale, shift and activation applied
+    as rows are read, and this layer's batch norm and activation in its passes
+    (ops/depthwise.py, depthwise_batchnorm). The same parameter as DepthwiseConv's."""
     s = self.settings
     kernel = KernelParam((self.kernel_size, self.kernel_size, 1, self.features),
                          s.initializer(), name="conv")()
-    y = depthwise_bias_act(x.raw.astype(s.dtype), kernel.astype(s.dtype), None, "linear",
-                           self.strides, self.padding, self.dilation, s.depthwise_impl,
-                           x.shift, x.activation, input_scale=x.scale)
-    return y.astype(s.dtype)
+    return functools.partial(
+        depthwise_batchnorm, x.raw.astype(s.dtype), kernel.astype(s.dtype), self.strides,
+        self.padding, self.dilation, x.scale, x.shift, x.activation, epsilon=s.bn_epsilon,
+        activation=self.activation, axis_name=s.bn_axis_name)
 
   def folded_variables(self, kernel_shape):
     """The kernel scaled by batch norm's running statistics, and the shift left

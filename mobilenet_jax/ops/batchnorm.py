@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from mobilenet_jax.ops import native
 from mobilenet_jax.ops.sharding import vary_like
 
 ACTIVATIONS = ("relu6", "relu", "linear")
@@ -78,16 +79,37 @@ def _sum(x, axis_name=None):
   return s if axis_name is None else lax.psum(s, axis_name)
 
 
-def _count(x, axis_name):
+def count(x, axis_name=None):
+  """How many values batch norm's statistics of x are over (on all devices)."""
   n = x.size // x.shape[-1]
   return n if axis_name is None else lax.psum(n, axis_name)
 
 
 def moments(x, axis_name=None):
   """The batch's mean and biased variance per channel, as flax computes them."""
-  n = _count(x, axis_name)
+  n = count(x, axis_name)
   mean = _sum(x, axis_name) / n
   return mean, jnp.maximum(_sum(x * x, axis_name) / n - mean * mean, 0.0)
+
+
+@jax.custom_vjp
+def native_sums(x):
+  """(2, C): this device's sums of x and of x * x over all but the channel axis,
+  in one native pass (XLA makes each its own pass); CPU, native kernels only."""
+  c = x.shape[-1]
+  ones, zeros = vary_like(jnp.ones((c,)), x), vary_like(jnp.zeros((c,)), x)
+  return native.call("MaskedChannelSums", (2, c), x, x, ones, zeros, activation=0)
+
+
+native_sums.defvjp(lambda x: (native_sums(x), x), lambda x, ds: (ds[0] + 2 * x * ds[1],))
+
+
+def moments_from_sums(sums, n, axis_name=None):
+  """moments() from this device's sums (2, C) of x and x * x over n values."""
+  if axis_name is not None:
+    sums, n = lax.psum(sums, axis_name), lax.psum(n, axis_name)
+  mean = sums[0] / n
+  return mean, jnp.maximum(sums[1] / n - mean * mean, 0.0)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
@@ -110,20 +132,29 @@ def _normalize_bwd(epsilon, activation, axis_name, residuals, cotangents):
   mask = passes_gradient(out, activation)
   if mask is not None:
     dy = jnp.where(mask, dy, 0.0)
+  dscale, dbias, c1, c2 = backward_terms(_sum(dy), _sum(dy * x), mean, inv, scale,
+                                         count(x, axis_name), axis_name)
+  return scale * inv * dy + c1 + c2 * x, dscale, dbias
+
+
+def backward_terms(g1, g2, mean, inv, scale, n, axis_name=None):
+  """Batch norm's backward pass from this device's sums g1 = sum(dy), g2 = sum(dy *
+  x) (dy: the gradient by the normalized output, where the activation passes it):
+  the scale's and bias's gradients, and c1, c2 with the input's gradient
+  dx = a * dy + c1 + c2 * x = a * (dy - mean(dy) - xhat * mean(dy * xhat)),
+  a = scale * inv. n counts the values on all devices."""
   # This device's sums give the parameters' gradients (summed over devices by the
   # cast's transpose); the input's gradient needs them over all devices.
-  g1, g2 = _sum(dy), _sum(dy * x)
   dscale = inv * (g2 - mean * g1)  # sum(dy * xhat)
   if axis_name is not None:
     g1_all, g2_all = lax.psum(g1, axis_name), lax.psum(g2, axis_name)
     dscale_all = inv * (g2_all - mean * g1_all)
   else:
     g1_all, dscale_all = g1, dscale
-  n, a = _count(x, axis_name), scale * inv
+  a = scale * inv
   c2 = -a * inv * dscale_all / n
   c1 = -a * g1_all / n - c2 * mean
-  dx = a * dy + c1 + c2 * x  # a * (dy - mean(dy) - xhat * mean(dy * xhat))
-  return dx, dscale, g1
+  return dscale, g1, c1, c2
 
 
 _normalize.defvjp(_normalize_fwd, _normalize_bwd)
@@ -165,11 +196,13 @@ class BatchNormAct(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, defer: bool = False):
+  def __call__(self, x, defer: bool = False, normalize=None):
     """act(BatchNorm(x)); with `defer` in training, the PreActivation that stands
     for it (its consumer, the native depthwise layer, applies it): the statistics
-    and running averages are the same, and autodiff takes the gradient through
-    them."""
+    (both sums in one native pass) and running averages are the same, and autodiff
+    takes the gradient through them. `normalize(scale, bias) -> (out, mean, var)`, in training, is a layer
+    that normalizes its own output in its passes (the native depthwise layer); x
+    then only gives the channels and device axes."""
     scale, bias, ra_mean, ra_var = declare_variables(self, x.shape[-1])
     x32 = x.astype(jnp.float32)
     if self.use_running_average:
@@ -177,12 +210,14 @@ class BatchNormAct(nn.Module):
       return activate(x32 * a + b, self.activation).astype(self.dtype)
     scale, bias = vary_like(scale, x32), vary_like(bias, x32)
     if defer:
-      mean, var = moments(x32, self.axis_name)
+      mean, var = moments_from_sums(native_sums(x32), count(x32), self.axis_name)
       a, b = fold(scale, bias, mean, var, self.epsilon)
       out = PreActivation(x.astype(self.dtype), b, self.activation, scale=a)
     else:
-      out, mean, var = _normalize(x32, scale, bias, self.epsilon, self.activation,
-                                  self.axis_name)
+      if normalize is None:
+        normalize = lambda scale, bias: _normalize(x32, scale, bias, self.epsilon,
+                                                   self.activation, self.axis_name)
+      out, mean, var = normalize(scale, bias)
       out = out.astype(self.dtype)
     if not self.is_initializing():
       ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean

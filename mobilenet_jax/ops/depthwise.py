@@ -26,7 +26,8 @@ from jax import lax
 
 from mobilenet_jax.errors import ConfigError, check_choice
 from mobilenet_jax.ops import native
-from mobilenet_jax.ops.batchnorm import activate, passes_gradient
+from mobilenet_jax.ops.batchnorm import (activate, backward_terms, count, moments_from_sums,
+                                         passes_gradient)
 from mobilenet_jax.ops.sharding import vary_like
 
 IMPLS = ("auto", "lax", "shift", "native")
@@ -210,19 +211,93 @@ def _native_fused_bwd(input_activation, activation, geometry, out_hw, residuals,
   if shift.size == 0:
     dx, dkernel = _native_conv_bwd(geometry, out_hw, (x, kernel), dy)
     return dx, scale, shift, dkernel, dbias
-  code = ACTIVATION_CODES[input_activation]
+  no_grad_prologue = [jnp.zeros((0,), jnp.float32)] * 5
+  return (*_grads_through_prologue(x, scale, shift, kernel, dy, no_grad_prologue,
+                                   input_activation, "linear", geometry), dbias)
+
+
+def _grads_through_prologue(x, scale, shift, kernel, dy, grad_prologue, input_activation,
+                            activation, geometry):
+  """The gradients by x, scale, shift and kernel of conv(act(x * scale + shift),
+  kernel) from dy, or from dz with the grad_prologue (y, a, b, c1, c2) of the
+  batch norm after the layer: dy = a * dz where activation(y * a + b) passes it, +
+  c1 + c2 * y. The kernel gradient reads x through the prologue again."""
+  attributes = dict(geometry=geometry, input_activation=ACTIVATION_CODES[input_activation],
+                    activation=ACTIVATION_CODES[activation])
+  grad_prologue = [vary_like(a, x) for a in grad_prologue]
   dkernel = native.call("DepthwiseKernelGradFused", kernel.shape, x, scale, shift, dy,
-                        geometry=geometry, input_activation=code)
+                        *grad_prologue, **attributes)
   # The gradient by x' where the activation passes it, and its sums by channel
   # (plain and times x): the shift's and the scale's gradients.
   dpre, sums = native.call("DepthwiseInputGradFused", [x.shape, (2, x.shape[-1])], dy,
-                           kernel, x, scale, shift, geometry=geometry, input_activation=code)
+                           *grad_prologue, kernel, x, scale, shift, **attributes)
   if scale.size == 0:
-    return dpre, scale, sums[0], dkernel, dbias
-  return dpre * scale, sums[1], sums[0], dkernel, dbias
+    return dpre, scale, sums[0], dkernel
+  return dpre * scale, sums[1], sums[0], dkernel
 
 
 _native_fused.defvjp(_native_fused_fwd, _native_fused_bwd)
+
+
+def depthwise_batchnorm(x, kernel, strides: int, padding: Padding, dilation: int,
+                        input_scale, input_shift, input_activation: str, scale, bias,
+                        epsilon: float, activation: str, axis_name=None):
+  """activation(BN(depthwise(x', kernel))) in training, x' = input_activation(x *
+  input_scale + input_shift), BN with the batch's statistics (over devices with
+  `axis_name`) and parameters scale, bias: (out, mean, var), as
+  depthwise_bias_act then batchnorm.BatchNormAct, on the native kernel.
+
+  Both batch norms are applied in the depthwise passes. The forward pass takes
+  this layer's statistics while each output row is in cache; the backward pass
+  takes batch norm's sums in one pass over (dz, y), and both gradients turn dz
+  into dy as they read rows. So neither x' nor dy is stored, and none of batch
+  norm's passes reads the output again (docs/performance.md)."""
+  dilation = check_dilation(dilation)
+  (ph, pw), out_hw = spatial_geometry(x.shape, kernel.shape, strides, padding, dilation)
+  f32 = lambda a: vary_like(a.astype(jnp.float32), x)
+  out, mean, var = _native_bn(x.astype(jnp.float32), f32(input_scale), f32(input_shift),
+                              f32(kernel), f32(scale), f32(bias), input_activation,
+                              activation, epsilon, axis_name, (strides, dilation, ph[0], pw[0]),
+                              out_hw)
+  return out.astype(x.dtype), mean, var
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9, 10, 11))
+def _native_bn(x, input_scale, input_shift, kernel, scale, bias, input_activation, activation,
+               epsilon, axis_name, geometry, out_hw):
+  return _native_bn_fwd(x, input_scale, input_shift, kernel, scale, bias, input_activation,
+                        activation, epsilon, axis_name, geometry, out_hw)[0]
+
+
+def _native_bn_fwd(x, input_scale, input_shift, kernel, scale, bias, input_activation,
+                   activation, epsilon, axis_name, geometry, out_hw):
+  c = kernel.shape[-1]
+  y, sums = native.call("DepthwiseForwardStats", [(x.shape[0], *out_hw, c), (2, c)], x,
+                        input_scale, input_shift, kernel, geometry=geometry,
+                        input_activation=ACTIVATION_CODES[input_activation])
+  mean, var = moments_from_sums(sums, y.size // c, axis_name)
+  inv = lax.rsqrt(var + epsilon)
+  a = scale * inv
+  b = bias - mean * a
+  out = activate(y * a + b, activation)
+  return (out, mean, var), (x, input_scale, input_shift, kernel, y, mean, inv, scale, a, b)
+
+
+def _native_bn_bwd(input_activation, activation, epsilon, axis_name, geometry, out_hw,
+                   residuals, cotangents):
+  del epsilon, out_hw
+  x, input_scale, input_shift, kernel, y, mean, inv, scale, a, b = residuals
+  dz = cotangents[0]  # the statistics' own cotangents are zero: only running averages use them
+  g = native.call("MaskedChannelSums", (2, y.shape[-1]), dz, y, a, b,
+                  activation=ACTIVATION_CODES[activation])
+  dscale, dbias, c1, c2 = backward_terms(g[0], g[1], mean, inv, scale, count(y, axis_name),
+                                         axis_name)
+  grads = _grads_through_prologue(x, input_scale, input_shift, kernel, dz, (y, a, b, c1, c2),
+                                  input_activation, activation, geometry)
+  return (*grads, dscale, dbias)
+
+
+_native_bn.defvjp(_native_bn_fwd, _native_bn_bwd)
 IMPL_FNS = {"lax": depthwise_lax, "shift": depthwise_shift, "native": depthwise_native}
 
 

@@ -1,5 +1,5 @@
 """Builds the native CPU kernels (depthwise_cpu.cc: the depthwise convolution,
-and the stem's image patches) and registers them with XLA.
+the stem's image patches, batch norm's sums) and registers them with XLA.
 
 The library is compiled on first use with the machine's C++ compiler against the
 installed jaxlib's FFI headers, for this CPU (-march=native), and cached in
@@ -34,6 +34,8 @@ SOURCE = pathlib.Path(__file__).with_name("depthwise_cpu.cc")
 TARGETS = {
     "DepthwiseForward": "mobilenet_jax_depthwise_forward",
     "DepthwiseForwardFused": "mobilenet_jax_depthwise_forward_fused",
+    "DepthwiseForwardStats": "mobilenet_jax_depthwise_forward_stats",
+    "MaskedChannelSums": "mobilenet_jax_channel_sums",
     "DepthwiseInputGrad": "mobilenet_jax_depthwise_input_grad",
     "DepthwiseKernelGrad": "mobilenet_jax_depthwise_kernel_grad",
     "DepthwiseInputGradFused": "mobilenet_jax_depthwise_input_grad_fused",
@@ -121,18 +123,19 @@ def load() -> ctypes.CDLL:
   return library
 
 
-def call(target: str, shape, *operands, geometry, **attributes):
+def call(target: str, shape, *operands, geometry=None, **attributes):
   """The float32 result of `shape` (a list of shapes: a list of results) of
-  TARGETS[target] on the operands, with the convolution's geometry (stride,
-  dilation, pad_top, pad_left) and any other integer attributes; varying over the
-  device axes as the first operand."""
+  TARGETS[target] on the operands, with a convolution's geometry (stride,
+  dilation, pad_top, pad_left; None for a target that is not one) and any other
+  integer attributes; varying over the device axes as the first operand."""
   load()
-  stride, dilation, pad_top, pad_left = (np.int64(v) for v in geometry)
+  if geometry is not None:
+    attributes = dict(zip(("stride", "dilation", "pad_top", "pad_left"), geometry),
+                      **attributes)
   result = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s, jnp.float32), shape,
                         is_leaf=lambda s: isinstance(s, tuple))
   out = jax.ffi.ffi_call(TARGETS[target], result, vmap_method="sequential")(
-      *operands, stride=stride, dilation=dilation, pad_top=pad_top, pad_left=pad_left,
-      **{k: np.int64(v) for k, v in attributes.items()})
+      *operands, **{k: np.int64(v) for k, v in attributes.items()})
   return jax.tree.map(lambda o: vary_like(o, operands[0]), out)
 
 
