@@ -200,9 +200,9 @@ class BatchNormAct(nn.Module):
     """act(BatchNorm(x)); with `defer` in training, the PreActivation that stands
     for it (its consumer, the native depthwise layer, applies it): the statistics
     (both sums in one native pass) and running averages are the same, and autodiff
-    takes the gradient through them. `normalize(scale, bias) -> (out, mean, var)`, in training, is a layer
-    that normalizes its own output in its passes (the native depthwise layer); x
-    then only gives the channels and device axes."""
+    takes the gradient through them. `normalize(scale, bias) -> (out, mean, var)`,
+    in training, is a layer that normalizes its own output in its passes (the
+    native depthwise layer); x then only gives the channels and device axes."""
     scale, bias, ra_mean, ra_var = declare_variables(self, x.shape[-1])
     x32 = x.astype(jnp.float32)
     if self.use_running_average:

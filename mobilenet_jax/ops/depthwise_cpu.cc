@@ -601,6 +601,13 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, F32 x, F32 k, F32Out y, int64_t str
   return ffi::Error::Success();
 }
 
+// Activation codes 0 linear, 1 ReLU, 2 ReLU6 (enum Activation).
+ffi::Error CheckActivation(int64_t activation) {
+  if (activation < kLinear || activation > kRelu6)
+    return ffi::Error::InvalidArgument("depthwise_cpu: activations are 0, 1 or 2");
+  return ffi::Error::Success();
+}
+
 // The prologue's operands (scale, shift: see ForwardFusedImpl) checked, and as a BiasAct.
 ffi::Error CheckPrologue(ffi::Span<const int64_t> x, ffi::Span<const int64_t> k, F32& scale,
                          F32& shift, int64_t input_activation) {
@@ -612,9 +619,7 @@ ffi::Error CheckPrologue(ffi::Span<const int64_t> x, ffi::Span<const int64_t> k,
     return ffi::Error::InvalidArgument(
         "depthwise_cpu: shift must be empty or have the input's channels (depth multiplier "
         "1), and scale empty or the same, only with a shift");
-  if (input_activation < kLinear || input_activation > kRelu6)
-    return ffi::Error::InvalidArgument("depthwise_cpu: activations are 0, 1 or 2");
-  return ffi::Error::Success();
+  return CheckActivation(input_activation);
 }
 
 BiasAct Prologue(F32& scale, F32& shift, int64_t input_activation) {
@@ -638,8 +643,7 @@ ffi::Error ForwardFusedImpl(ffi::ThreadPool pool, F32 x, F32 scale, F32 shift, F
   if (bias.element_count() != 0 && bias.element_count() != dk[3])
     return ffi::Error::InvalidArgument(
         "depthwise_cpu: bias must be empty or have the output's channels");
-  if (activation < kLinear || activation > kRelu6)
-    return ffi::Error::InvalidArgument("depthwise_cpu: activations are 0, 1 or 2");
+  if (auto e = CheckActivation(activation); e.failure()) return e;
   const BiasAct epilogue{bias.element_count() ? bias.typed_data() : nullptr, activation};
   Forward(pool, FromShapes(dx, dk, dy, stride, rate, pad_top, pad_left), x.typed_data(),
           k.typed_data(), y->typed_data(), epilogue, Prologue(scale, shift, input_activation));
@@ -682,9 +686,7 @@ ffi::Error CheckGrad(ffi::Span<const int64_t> out, F32& y, F32& a, F32& b, F32& 
     return ffi::Error::InvalidArgument(
         "depthwise_cpu: the gradient prologue needs y of the output's shape and a, b, c1, "
         "c2 of its channels");
-  if (activation < kLinear || activation > kRelu6)
-    return ffi::Error::InvalidArgument("depthwise_cpu: activations are 0, 1 or 2");
-  return ffi::Error::Success();
+  return CheckActivation(activation);
 }
 
 GradPrologue Grad(F32& y, F32& a, F32& b, F32& c1, F32& c2, int64_t activation) {
@@ -706,8 +708,7 @@ ffi::Error ChannelSumsImpl(ffi::ThreadPool pool, F32 dz, F32 y, F32 a, F32 b, F3
       sums->element_count() != static_cast<size_t>(2 * c))
     return ffi::Error::InvalidArgument(
         "channel_sums: dz and y of one shape, a and b of its channels, sums (2, C)");
-  if (activation < kLinear || activation > kRelu6)
-    return ffi::Error::InvalidArgument("channel_sums: activations are 0, 1 or 2");
+  if (auto e = CheckActivation(activation); e.failure()) return e;
   const int64_t width = shape[shape.size() - 2];
   const int64_t rows = dz.element_count() / (width * c);
   ChannelSums totals(pool.num_threads() + 1, c);
