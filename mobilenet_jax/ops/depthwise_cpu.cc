@@ -23,6 +23,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <type_traits>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -376,6 +377,77 @@ class SourceRows {
   std::vector<float> cache_;
 };
 
+// The columns of a row whose kw taps all fall inside the source, in order: column o
+// reads source column o * step + off + j * dj for tap j (the forward pass: step =
+// stride, dj = rate; the input gradient at stride 1: step 1, dj = -rate). Found by
+// asking `cols_of`, so it agrees with the edge columns' path by construction.
+struct Interior {
+  int64_t lo = 0, hi = 0, step = 1, off = 0, dj = 1;
+};
+template <typename ColsOf>
+Interior FindInterior(int64_t n_cols, int64_t kw, int64_t step, int64_t off, int64_t dj,
+                      ColsOf cols_of) {
+  Interior in{0, 0, step, off, dj};
+  std::vector<TapPair> pairs(kw);
+  auto regular = [&](int64_t o) {
+    if (cols_of(o, pairs.data()) != kw) return false;
+    for (int64_t j = 0; j < kw; ++j)
+      if (pairs[j].tap != j || pairs[j].pos != o * step + off + j * dj) return false;
+    return true;
+  };
+  while (in.lo < n_cols && !regular(in.lo)) ++in.lo;
+  in.hi = in.lo;
+  while (in.hi < n_cols && regular(in.hi)) ++in.hi;
+  return in;
+}
+
+// Runs fn(std::integral_constant<int, NR>) for nr = 1..3 rows of 3-tap kernels, the
+// shapes the interior loops below are compiled for; false for others.
+template <typename F>
+bool WithRows(int64_t nr, int64_t kw, F fn) {
+  if (kw != 3) return false;
+  switch (nr) {
+    case 1: fn(std::integral_constant<int, 1>{}); return true;
+    case 2: fn(std::integral_constant<int, 2>{}); return true;
+    case 3: fn(std::integral_constant<int, 3>{}); return true;
+    default: return false;
+  }
+}
+
+// out[o] = sum over the NR x 3 taps of rows[i][o * step + off + j * dj] * w[i][j], for
+// the interior columns, 8 channels at a time with their NR x 3 weights held in
+// registers, taps summed in DotTaps' order. Used where a pixel has at most
+// kFewChannels: DotTaps spends its time there setting up each pixel's taps (at
+// 32x112x112x32 on an AVX2 CPU, 17 -> 11 ms). With more channels DotTaps is as
+// fast or faster, the pass being bound by memory (docs/performance.md).
+constexpr int64_t kFewChannels = 32;
+template <int NR>
+void InteriorRow(float* out, const float* const* rows, const float* const* w, const Interior& in,
+                 int64_t channels, const BiasAct& e) {
+  const int64_t dj = in.dj * channels, vector_channels = channels / 8 * 8;
+  for (int64_t c = 0; c < vector_channels; c += 8) {
+    V8 k[NR][3];
+    for (int i = 0; i < NR; ++i)
+      for (int j = 0; j < 3; ++j) k[i][j] = Load8(w[3 * i + j] + c);
+    for (int64_t o = in.lo; o < in.hi; ++o) {
+      const int64_t p = (o * in.step + in.off) * channels + c;
+      V8 s = {};
+      for (int i = 0; i < NR; ++i)
+        for (int j = 0; j < 3; ++j) s += Load8(rows[i] + p + j * dj) * k[i][j];
+      Store8(out + o * channels + c, e.bias ? Finish(s, e, c) : s);
+    }
+  }
+  for (int64_t c = vector_channels; c < channels; ++c) {
+    for (int64_t o = in.lo; o < in.hi; ++o) {
+      const int64_t p = (o * in.step + in.off) * channels + c;
+      float s = 0.f;
+      for (int i = 0; i < NR; ++i)
+        for (int j = 0; j < 3; ++j) s += rows[i][p + j * dj] * w[3 * i + j][c];
+      out[o * channels + c] = e.bias ? Finish(s, e, c) : s;
+    }
+  }
+}
+
 // Depth multiplier 1 (every MobileNet layer): each output pixel's channels are one
 // DotTaps over the valid taps, so every output is written once from registers.
 // `rows_of` / `cols_of` give the pairs of a row / column; `src` rows pass through
@@ -389,14 +461,14 @@ struct NoRowHook {
 };
 template <typename RowsOf, typename ColsOf, typename RowDone = NoRowHook>
 void GatherTaps(ffi::ThreadPool& pool, const Geometry& g, int64_t n_rows, int64_t n_cols,
-                RowsOf rows_of, ColsOf cols_of, const float* src, int64_t src_rows,
-                int64_t src_cols, const float* k, float* out, const BiasAct& e = {},
-                const BiasAct& pro = {}, RowDone row_done = {},
+                RowsOf rows_of, ColsOf cols_of, const Interior& interior, const float* src,
+                int64_t src_rows, int64_t src_cols, const float* k, float* out,
+                const BiasAct& e = {}, const BiasAct& pro = {}, RowDone row_done = {},
                 const GradPrologue& grad = {}) {
   ParallelFor(pool, g.n * n_rows, pool.num_threads(), [&](int64_t begin, int64_t end,
                                                           int64_t worker) {
     std::vector<TapPair> rows(g.kh), cols(g.kw);
-    std::vector<const float*> a(g.kh * g.kw), b(g.kh * g.kw), row_ptr(g.kh);
+    std::vector<const float*> a(g.kh * g.kw), b(g.kh * g.kw), row_ptr(g.kh), w(g.kh * g.kw);
     std::vector<int64_t> row_index(g.kh);
     SourceRows source(src, src_cols * g.c, g.c, pro, g.kh, grad);
     for (int64_t row = begin; row < end; ++row) {
@@ -404,7 +476,16 @@ void GatherTaps(ffi::ThreadPool& pool, const Geometry& g, int64_t n_rows, int64_
       const int64_t nr = rows_of(r, rows.data());
       for (int64_t i = 0; i < nr; ++i) row_index[i] = batch * src_rows + rows[i].pos;
       source.Get(row_index.data(), nr, row_ptr.data());
+      for (int64_t i = 0; i < nr; ++i)
+        for (int64_t j = 0; j < g.kw; ++j) w[i * g.kw + j] = k + (rows[i].tap * g.kw + j) * g.c;
+      float* out_row = out + row * n_cols * g.c;
+      const bool fast = g.c <= kFewChannels && interior.hi > interior.lo &&
+                        WithRows(nr, g.kw, [&](auto rows_c) {
+        InteriorRow<decltype(rows_c)::value>(out_row, row_ptr.data(), w.data(), interior, g.c, e);
+      });
       for (int64_t c = 0; c < n_cols; ++c) {
+        if (fast && c == interior.lo) c = interior.hi;  // done above
+        if (c == n_cols) break;
         const int64_t nc = cols_of(c, cols.data());
         int64_t taps = 0;
         for (int64_t i = 0; i < nr; ++i) {
@@ -413,9 +494,9 @@ void GatherTaps(ffi::ThreadPool& pool, const Geometry& g, int64_t n_rows, int64_
             b[taps] = k + (rows[i].tap * g.kw + cols[j].tap) * g.c;
           }
         }
-        DotTaps(out + (row * n_cols + c) * g.c, a.data(), b.data(), taps, g.c, e);
+        DotTaps(out_row + c * g.c, a.data(), b.data(), taps, g.c, e);
       }
-      row_done(worker, row, out + row * n_cols * g.c);
+      row_done(worker, row, out_row);
     }
   });
 }
@@ -425,14 +506,15 @@ template <typename RowDone = NoRowHook>
 void Forward(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* k, float* y,
              const BiasAct& e = {}, const BiasAct& pro = {}, RowDone row_done = {}) {
   if (g.m == 1) {
+    auto cols_of = [&](int64_t ow, TapPair* p) {
+      return InputsOf(ow, g.kw, g.stride, g.rate, g.pad_left, g.w, p);
+    };
     GatherTaps(
         pool, g, g.oh, g.ow,
         [&](int64_t oh, TapPair* p) {
           return InputsOf(oh, g.kh, g.stride, g.rate, g.pad_top, g.h, p);
         },
-        [&](int64_t ow, TapPair* p) {
-          return InputsOf(ow, g.kw, g.stride, g.rate, g.pad_left, g.w, p);
-        },
+        cols_of, FindInterior(g.ow, g.kw, g.stride, -g.pad_left, g.rate, cols_of),
         x, g.h, g.w, k, y, e, pro, row_done);
     return;
   }
@@ -456,15 +538,18 @@ template <typename RowDone = NoRowHook>
 void InputGrad(ffi::ThreadPool& pool, const Geometry& g, const float* dy, const float* k,
                float* dx, RowDone row_done = {}, const GradPrologue& grad = {}) {
   if (g.m == 1) {
+    auto cols_of = [&](int64_t iw, TapPair* p) {
+      return OutputsOf(iw, g.kw, g.stride, g.rate, g.pad_left, g.ow, p);
+    };
+    // Strided, an input column's taps alternate with its parity: no regular interior.
+    const Interior interior = g.stride == 1
+        ? FindInterior(g.w, g.kw, 1, g.pad_left, -g.rate, cols_of) : Interior{};
     GatherTaps(
         pool, g, g.h, g.w,
         [&](int64_t ih, TapPair* p) {
           return OutputsOf(ih, g.kh, g.stride, g.rate, g.pad_top, g.oh, p);
         },
-        [&](int64_t iw, TapPair* p) {
-          return OutputsOf(iw, g.kw, g.stride, g.rate, g.pad_left, g.ow, p);
-        },
-        dy, g.oh, g.ow, k, dx, {}, {}, row_done, grad);
+        cols_of, interior, dy, g.oh, g.ow, k, dx, {}, {}, row_done, grad);
     return;
   }
   const int64_t cm = g.cm();
@@ -505,6 +590,39 @@ void InputGradThroughPrologue(ffi::ThreadPool& pool, const Geometry& g, const fl
   totals.Write(sums);
 }
 
+// The kernel gradient's interior columns of one output row (depth multiplier 1):
+// acc[(tap[i] * 3 + j) * C + c] += sum over them of rows[i][o * step + off + j * dj]
+// * dy[o], 8 channels at a time with the NR x 3 sums in registers, so each
+// multiply-add loads one value where MulAccBroadcast loads two and stores one.
+template <int NR>
+void InteriorKernelGrad(float* acc, const float* const* rows, const TapPair* tap,
+                        const float* dy, const Interior& in, int64_t channels) {
+  const int64_t dj = in.dj * channels, vector_channels = channels / 8 * 8;
+  for (int64_t c = 0; c < vector_channels; c += 8) {
+    V8 s[NR][3] = {};
+    for (int64_t o = in.lo; o < in.hi; ++o) {
+      const int64_t p = (o * in.step + in.off) * channels + c;
+      const V8 d = Load8(dy + o * channels + c);
+      for (int i = 0; i < NR; ++i)
+        for (int j = 0; j < 3; ++j) s[i][j] += Load8(rows[i] + p + j * dj) * d;
+    }
+    for (int i = 0; i < NR; ++i)
+      for (int j = 0; j < 3; ++j) {
+        float* a = acc + (tap[i].tap * 3 + j) * channels + c;
+        Store8(a, Load8(a) + s[i][j]);
+      }
+  }
+  for (int64_t c = vector_channels; c < channels; ++c) {
+    for (int i = 0; i < NR; ++i)
+      for (int j = 0; j < 3; ++j) {
+        float s1 = 0.f;
+        for (int64_t o = in.lo; o < in.hi; ++o)
+          s1 += rows[i][(o * in.step + in.off) * channels + c + j * dj] * dy[o * channels + c];
+        acc[(tap[i].tap * 3 + j) * channels + c] += s1;
+      }
+  }
+}
+
 // dk[i, j] = sum over (b, oh, ow) of x'[b, ih, iw] * dy[b, oh, ow], x' = x or, with
 // a prologue, x with it applied (as the forward pass read it), dy from dz with a
 // gradient prologue: one pass over dy, one accumulator per thread, summed at the end.
@@ -513,6 +631,10 @@ void KernelGrad(ffi::ThreadPool& pool, const Geometry& g, const float* x, const 
   const int64_t cm = g.cm(), taps = g.kh * g.kw;
   const int64_t workers = std::max<int64_t>(1, std::min(pool.num_threads(), g.n * g.oh));
   std::vector<std::vector<float>> partial(workers, std::vector<float>(taps * cm, 0.f));
+  const Interior interior = g.m == 1 ? FindInterior(g.ow, g.kw, g.stride, -g.pad_left, g.rate,
+      [&](int64_t ow, TapPair* p) {
+        return InputsOf(ow, g.kw, g.stride, g.rate, g.pad_left, g.w, p);
+      }) : Interior{};
   ParallelFor(pool, g.n * g.oh, workers, [&](int64_t begin, int64_t end, int64_t worker) {
     float* acc = partial[worker].data();
     std::vector<TapPair> rows(g.kh);
@@ -531,8 +653,14 @@ void KernelGrad(ffi::ThreadPool& pool, const Geometry& g, const float* x, const 
           GradRow(grad_row.data() + p, dyrow + p, grad.y + row * g.ow * cm + p, grad, cm);
         dyrow = grad_row.data();
       }
+      const bool fast = interior.hi > interior.lo && WithRows(nr, g.kw, [&](auto rows_c) {
+        InteriorKernelGrad<decltype(rows_c)::value>(acc, row_ptr.data(), rows.data(), dyrow,
+                                                    interior, g.c);
+      });
       for (int64_t i = 0; i < nr; ++i) {
         for (int64_t ow = 0; ow < g.ow; ++ow) {
+          if (fast && ow == interior.lo) ow = interior.hi;  // done above
+          if (ow == g.ow) break;
           for (int64_t j = 0; j < g.kw; ++j) {
             const int64_t iw = InputIndex(ow, j, g.stride, g.rate, g.pad_left, g.w);
             if (iw >= 0)
