@@ -401,6 +401,17 @@ Interior FindInterior(int64_t n_cols, int64_t kw, int64_t step, int64_t off, int
   return in;
 }
 
+// The forward pass's column pairs (output column -> input columns), which the
+// kernel gradient reads by too, and their interior.
+inline auto ForwardColumns(const Geometry& g) {
+  return [&g](int64_t ow, TapPair* p) {
+    return InputsOf(ow, g.kw, g.stride, g.rate, g.pad_left, g.w, p);
+  };
+}
+inline Interior ForwardInterior(const Geometry& g) {
+  return FindInterior(g.ow, g.kw, g.stride, -g.pad_left, g.rate, ForwardColumns(g));
+}
+
 // Runs fn(std::integral_constant<int, NR>) for nr = 1..3 rows of 3-tap kernels, the
 // shapes the interior loops below are compiled for; false for others.
 template <typename F>
@@ -465,6 +476,7 @@ void GatherTaps(ffi::ThreadPool& pool, const Geometry& g, int64_t n_rows, int64_
                 int64_t src_rows, int64_t src_cols, const float* k, float* out,
                 const BiasAct& e = {}, const BiasAct& pro = {}, RowDone row_done = {},
                 const GradPrologue& grad = {}) {
+  const bool use_interior = g.c <= kFewChannels && interior.hi > interior.lo;
   ParallelFor(pool, g.n * n_rows, pool.num_threads(), [&](int64_t begin, int64_t end,
                                                           int64_t worker) {
     std::vector<TapPair> rows(g.kh), cols(g.kw);
@@ -476,11 +488,10 @@ void GatherTaps(ffi::ThreadPool& pool, const Geometry& g, int64_t n_rows, int64_
       const int64_t nr = rows_of(r, rows.data());
       for (int64_t i = 0; i < nr; ++i) row_index[i] = batch * src_rows + rows[i].pos;
       source.Get(row_index.data(), nr, row_ptr.data());
-      for (int64_t i = 0; i < nr; ++i)
-        for (int64_t j = 0; j < g.kw; ++j) w[i * g.kw + j] = k + (rows[i].tap * g.kw + j) * g.c;
       float* out_row = out + row * n_cols * g.c;
-      const bool fast = g.c <= kFewChannels && interior.hi > interior.lo &&
-                        WithRows(nr, g.kw, [&](auto rows_c) {
+      const bool fast = use_interior && WithRows(nr, g.kw, [&](auto rows_c) {
+        for (int64_t i = 0; i < nr; ++i)
+          for (int64_t j = 0; j < 3; ++j) w[i * 3 + j] = k + (rows[i].tap * 3 + j) * g.c;
         InteriorRow<decltype(rows_c)::value>(out_row, row_ptr.data(), w.data(), interior, g.c, e);
       });
       for (int64_t c = 0; c < n_cols; ++c) {
@@ -506,16 +517,12 @@ template <typename RowDone = NoRowHook>
 void Forward(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* k, float* y,
              const BiasAct& e = {}, const BiasAct& pro = {}, RowDone row_done = {}) {
   if (g.m == 1) {
-    auto cols_of = [&](int64_t ow, TapPair* p) {
-      return InputsOf(ow, g.kw, g.stride, g.rate, g.pad_left, g.w, p);
-    };
     GatherTaps(
         pool, g, g.oh, g.ow,
         [&](int64_t oh, TapPair* p) {
           return InputsOf(oh, g.kh, g.stride, g.rate, g.pad_top, g.h, p);
         },
-        cols_of, FindInterior(g.ow, g.kw, g.stride, -g.pad_left, g.rate, cols_of),
-        x, g.h, g.w, k, y, e, pro, row_done);
+        ForwardColumns(g), ForwardInterior(g), x, g.h, g.w, k, y, e, pro, row_done);
     return;
   }
   const int64_t cm = g.cm();
@@ -631,10 +638,7 @@ void KernelGrad(ffi::ThreadPool& pool, const Geometry& g, const float* x, const 
   const int64_t cm = g.cm(), taps = g.kh * g.kw;
   const int64_t workers = std::max<int64_t>(1, std::min(pool.num_threads(), g.n * g.oh));
   std::vector<std::vector<float>> partial(workers, std::vector<float>(taps * cm, 0.f));
-  const Interior interior = g.m == 1 ? FindInterior(g.ow, g.kw, g.stride, -g.pad_left, g.rate,
-      [&](int64_t ow, TapPair* p) {
-        return InputsOf(ow, g.kw, g.stride, g.rate, g.pad_left, g.w, p);
-      }) : Interior{};
+  const Interior interior = g.m == 1 ? ForwardInterior(g) : Interior{};
   ParallelFor(pool, g.n * g.oh, workers, [&](int64_t begin, int64_t end, int64_t worker) {
     float* acc = partial[worker].data();
     std::vector<TapPair> rows(g.kh);
