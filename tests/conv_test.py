@@ -1,4 +1,6 @@
-"""The stem's convolution as native patches times the kernel, against XLA's."""
+"""The stem's convolution by the native kernel, against XLA's."""
+
+import functools
 
 import flax.linen as nn
 import jax
@@ -7,6 +9,9 @@ import numpy as np
 import pytest
 from jax import lax
 
+from jax.sharding import PartitionSpec as P
+
+from mobilenet_jax import parallel
 from mobilenet_jax.models import get_model
 from mobilenet_jax.ops import conv as conv_ops
 
@@ -21,39 +26,67 @@ def lax_reference(x, kernel, strides, padding, dilation):
 @pytest.mark.parametrize("strides", [1, 2])
 @pytest.mark.parametrize("k, dilation", [(1, 1), (3, 1), (5, 1), (3, 2)])
 @pytest.mark.parametrize("padding", ["SAME", "VALID", ((0, 1), (2, 0))])
-@pytest.mark.parametrize("channels", [1, 3])
-def test_patches_equal_lax_forward_and_gradients(size, strides, k, padding, dilation, channels):
+@pytest.mark.parametrize("channels, features", [(1, 5), (3, 45), (4, 16)])
+def test_native_equals_lax_forward_and_gradients(size, strides, k, padding, dilation,
+                                                 channels, features):
+  """45 features run the 32-, 8- and 1-wide loops; 16 the 16-wide; 5 the 1-wide only."""
   x = jax.random.normal(jax.random.key(0), (2, size, size + 1, channels))
-  kernel = jax.random.normal(jax.random.key(1), (k, k, channels, 5))
+  kernel = jax.random.normal(jax.random.key(1), (k, k, channels, features))
 
   def loss(fn):
     return lambda x, w: jnp.sum(jnp.sin(fn(x, w, strides, padding, dilation)))
 
   ref = lax_reference(x, kernel, strides, padding, dilation)
-  out = conv_ops.conv_patches(x, kernel, strides, padding, dilation)
+  out = conv_ops.conv_native(x, kernel, strides, padding, dilation)
   assert out.shape == ref.shape
-  np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(out, ref, atol=1e-4, rtol=1e-5)
   g_ref = jax.jit(jax.grad(loss(lax_reference), argnums=(0, 1)))(x, kernel)
-  g_out = jax.jit(jax.grad(loss(conv_ops.conv_patches), argnums=(0, 1)))(x, kernel)
+  g_out = jax.jit(jax.grad(loss(conv_ops.conv_native), argnums=(0, 1)))(x, kernel)
   for a, b in zip(g_out, g_ref):
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
-def test_native_patches_are_the_shifted_slices():
-  x = jax.random.normal(jax.random.key(0), (2, 9, 8, 3))
-  for strides, padding, dilation in [(2, "SAME", 1), (1, "VALID", 2), (2, ((1, 2), (0, 1)), 1)]:
-    np.testing.assert_array_equal(
-        conv_ops.patches_native(x, (3, 3), strides, padding, dilation),
-        conv_ops.patches_shift(x, (3, 3), strides, padding, dilation))
+def test_native_keeps_a_bfloat16_input_s_dtype():
+  x = jax.random.normal(jax.random.key(0), (2, 9, 9, 3)).astype(jnp.bfloat16)
+  kernel = jax.random.normal(jax.random.key(1), (3, 3, 3, 8)).astype(jnp.bfloat16)
+  out = conv_ops.conv_native(x, kernel, 2, "SAME")
+  ref = lax_reference(x.astype(jnp.float32), kernel.astype(jnp.float32), 2, "SAME", 1)
+  assert out.dtype == jnp.bfloat16
+  np.testing.assert_allclose(out.astype(jnp.float32), ref, rtol=1e-2, atol=5e-2)
+  dk = jax.grad(lambda k: jnp.sum(conv_ops.conv_native(x, k, 2, "SAME").astype(jnp.float32)))(
+      kernel)
+  assert dk.dtype == jnp.bfloat16
 
 
-def test_patches_are_taken_only_for_narrow_ungrouped_inputs_with_native_kernels():
-  assert conv_ops.uses_patches(3, 1, "auto")  # the stem on CPU
-  assert conv_ops.uses_patches(1, 1, "native")
-  assert not conv_ops.uses_patches(conv_ops.MAX_PATCH_CHANNELS + 1, 1, "auto")
-  assert not conv_ops.uses_patches(4, 2, "auto")
-  assert not conv_ops.uses_patches(3, 1, "lax")
-  assert not conv_ops.uses_patches(3, 1, "shift")
+def test_native_gradients_under_data_parallel_match_one_device():
+  """Inside shard_map (the train step's data parallelism) the kernel's gradient is
+  summed over devices; each device's input gradient is its own shard's."""
+  x = jax.random.normal(jax.random.key(0), (8, 9, 9, 3))
+  kernel = jax.random.normal(jax.random.key(1), (3, 3, 3, 16))
+
+  def grads(fn, x, kernel):
+    return jax.grad(lambda x, w: jnp.sum(jnp.sin(fn(x, w, 2, "SAME", 1))), argnums=(0, 1))(
+        x, kernel)
+
+  mesh = parallel.create_mesh()
+  assert mesh.size > 1  # conftest's fake devices
+  sharded = jax.jit(jax.shard_map(functools.partial(grads, conv_ops.conv_native), mesh=mesh,
+                                  in_specs=(P(parallel.DATA), P()),
+                                  out_specs=(P(parallel.DATA), P())))
+  dx, dkernel = sharded(parallel.shard_batch({"x": x}, mesh)["x"],
+                        parallel.replicate(kernel, mesh))
+  dx_ref, dkernel_ref = grads(lax_reference, x, kernel)
+  np.testing.assert_allclose(dx, dx_ref, atol=1e-5)
+  np.testing.assert_allclose(dkernel, dkernel_ref, atol=1e-4, rtol=1e-5)
+
+
+def test_native_is_taken_only_for_narrow_ungrouped_inputs_with_native_kernels():
+  assert conv_ops.uses_native(3, 1, "auto")  # the stem on CPU
+  assert conv_ops.uses_native(1, 1, "native")
+  assert not conv_ops.uses_native(conv_ops.MAX_NATIVE_CHANNELS + 1, 1, "auto")
+  assert not conv_ops.uses_native(4, 2, "auto")
+  assert not conv_ops.uses_native(3, 1, "lax")
+  assert not conv_ops.uses_native(3, 1, "shift")
 
 
 def test_conv_module_is_flax_conv():
@@ -69,9 +102,9 @@ def test_conv_module_is_flax_conv():
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2"])
-def test_model_same_with_stem_as_patches_or_lax(name, monkeypatch):
-  """The network's output and parameter gradients with the stem as patches and,
-  with the patches turned off, as XLA's convolution (in evaluation mode, where
+def test_model_same_with_stem_native_or_lax(name, monkeypatch):
+  """The network's output and parameter gradients with the stem by the native
+  kernel and, with it turned off, as XLA's convolution (in evaluation mode, where
   batch norm does not amplify rounding differences)."""
   x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
   model = get_model({"name": name, "num_classes": 10, "alpha": 0.35})
@@ -82,10 +115,11 @@ def test_model_same_with_stem_as_patches_or_lax(name, monkeypatch):
     step = jax.jit(jax.value_and_grad(loss))
     return step.lower(variables["params"]).as_text(), step(variables["params"])
 
-  hlo_patches, (l_patches, g_patches) = loss_and_grads()
-  monkeypatch.setattr(conv_ops, "MAX_PATCH_CHANNELS", 0)
+  hlo_native, (l_native, g_native) = loss_and_grads()
+  monkeypatch.setattr(conv_ops, "MAX_NATIVE_CHANNELS", 0)
   hlo_lax, (l_lax, g_lax) = loss_and_grads()
-  assert "mobilenet_jax_patches" in hlo_patches and "mobilenet_jax_patches" not in hlo_lax
-  np.testing.assert_allclose(l_patches, l_lax, rtol=1e-5, atol=1e-5)
-  for a, b in zip(jax.tree.leaves(g_patches), jax.tree.leaves(g_lax)):
+  for target in ("mobilenet_jax_narrow_conv", "mobilenet_jax_narrow_conv_kernel_grad"):
+    assert target in hlo_native and target not in hlo_lax
+  np.testing.assert_allclose(l_native, l_lax, rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(g_native), jax.tree.leaves(g_lax)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -1,5 +1,7 @@
 // Depthwise k x k convolution on CPU, NHWC, float32: forward, input gradient and
-// kernel gradient, registered with XLA through the FFI (jax.ffi).
+// kernel gradient, registered with XLA through the FFI (jax.ffi). Also the full
+// convolution of an input with a few channels (the stem's image), forward and
+// kernel gradient (`NarrowConv`, below).
 //
 // Why: XLA's CPU grouped convolution is ~10x slower than TensorFlow's depthwise
 // kernel, and the pure-JAX k*k shifted form is ~5x slower under autodiff because
@@ -680,31 +682,203 @@ void KernelGrad(ffi::ThreadPool& pool, const Geometry& g, const float* x, const 
     for (int64_t i = 0; i < taps * cm; ++i) dk[i] += partial[t][i];
 }
 
-// Image patches (im2col) of a k x k convolution: y[b, oh, ow, (i * KW + j) * C + c] =
-// x[b, oh * stride + i * rate - pad_top, ow * stride + j * rate - pad_left, c], zero
-// outside x. For the stem, whose 3 input channels XLA's convolution handles ~6x
-// slower than the patches and a matrix product (docs/performance.md).
-void ImagePatches(ffi::ThreadPool& pool, const Geometry& g, const float* x, float* y) {
-  const int64_t depth = g.kh * g.kw * g.c;
+// A k x k convolution of a narrow input (an image's few channels: the stem) to F
+// features, computed directly. XLA's convolution handles 3 input channels badly,
+// and image patches times the kernel pay a copy of every pixel's k*k*C values and a
+// matrix product with a contraction only 27 deep (docs/performance.md). Here each
+// output pixel sums its valid taps' products in vector registers, 32 features at a
+// time, each input value broadcast once; the kernel (KH*KW*C*F floats) stays in L1.
+
+// The taps of output pixel (b, oh, ow) that read inside x: the input pixel's values
+// xs[t] and the kernel rows' offset offs[t] (tap * C * F). Returns their number.
+int64_t NarrowTaps(const Geometry& g, const float* x, int64_t features, int64_t b, int64_t oh,
+                   int64_t ow, const float** xs, int64_t* offs) {
+  int64_t n = 0;
+  for (int64_t i = 0; i < g.kh; ++i) {
+    const int64_t ih = InputIndex(oh, i, g.stride, g.rate, g.pad_top, g.h);
+    if (ih < 0) continue;
+    for (int64_t j = 0; j < g.kw; ++j) {
+      const int64_t iw = InputIndex(ow, j, g.stride, g.rate, g.pad_left, g.w);
+      if (iw < 0) continue;
+      xs[n] = x + ((b * g.h + ih) * g.w + iw) * g.c;
+      offs[n++] = (i * g.kw + j) * g.c * features;
+    }
+  }
+  return n;
+}
+
+// The output columns [lo, hi) whose taps all read inside x's columns.
+std::pair<int64_t, int64_t> NarrowInterior(const Geometry& g) {
+  const int64_t lo = (g.pad_left + g.stride - 1) / g.stride;
+  const int64_t last = g.w - 1 + g.pad_left - (g.kw - 1) * g.rate;  // ow * stride <= last
+  const int64_t hi = last < 0 ? 0 : std::min(g.ow, last / g.stride + 1);
+  return {lo, std::max(lo, hi)};
+}
+
+// out[p * F + f] = sum over taps t and channels c of xs[t][at + p * step + c] *
+// k[offs[t] + c * F + f], for P adjacent output pixels (whose taps' inputs are
+// `step` floats apart) and the 8 * NB features from f. P pixels' sums are
+// independent chains, so the FMAs' latency overlaps and each kernel load serves P.
+template <int NB, int P>
+void NarrowDot(float* out, const float* const* xs, int64_t at, int64_t step,
+               const int64_t* offs, int64_t taps, const float* k, int64_t c, int64_t features) {
+  V8 acc[P][NB] = {};
+  for (int64_t t = 0; t < taps; ++t) {
+    const float* xt = xs[t] + at;
+    const float* kt = k + offs[t];
+    for (int64_t ci = 0; ci < c; ++ci) {
+      V8 v[P];
+      for (int p = 0; p < P; ++p) v[p] = V8{} + xt[p * step + ci];
+      for (int q = 0; q < NB; ++q) {
+        const V8 w = Load8(kt + ci * features + 8 * q);
+        for (int p = 0; p < P; ++p) acc[p][q] += v[p] * w;
+      }
+    }
+  }
+  for (int p = 0; p < P; ++p)
+    for (int q = 0; q < NB; ++q) Store8(out + p * features + 8 * q, acc[p][q]);
+}
+
+// NarrowDot over all F features of P pixels, 32 at a time, then 8-wide and scalar.
+template <int P>
+void NarrowPixels(float* out, const float* const* xs, int64_t at, int64_t step,
+                  const int64_t* offs, int64_t taps, const float* k, int64_t c,
+                  int64_t features) {
+  int64_t f = 0;
+  for (; f + 32 <= features; f += 32)
+    NarrowDot<4, P>(out + f, xs, at, step, offs, taps, k + f, c, features);
+  for (; f + 8 <= features; f += 8)
+    NarrowDot<1, P>(out + f, xs, at, step, offs, taps, k + f, c, features);
+  for (; f < features; ++f) {
+    for (int p = 0; p < P; ++p) {
+      float s = 0.f;
+      for (int64_t t = 0; t < taps; ++t)
+        for (int64_t ci = 0; ci < c; ++ci)
+          s += xs[t][at + p * step + ci] * k[offs[t] + ci * features + f];
+      out[p * features + f] = s;
+    }
+  }
+}
+
+// y[b, oh, ow, f] = sum over (i, j) inside x and c of x[b, ih, iw, c] * k[i, j, c, f]:
+// a row's interior columns two pixels at a time (their taps found once per row),
+// its edges one.
+void NarrowConv(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* k,
+                float* y, int64_t features) {
+  const auto [lo, hi] = NarrowInterior(g);
+  const int64_t step = g.stride * g.c;
   ParallelFor(pool, g.n * g.oh, pool.num_threads(), [&](int64_t begin, int64_t end, int64_t) {
+    std::vector<const float*> xs(g.kh * g.kw);
+    std::vector<int64_t> offs(g.kh * g.kw);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / g.oh, oh = row % g.oh;
-      float* out = y + row * g.ow * depth;
+      float* out = y + row * g.ow * features;
+      int64_t ow = 0;
+      if (hi - lo >= 2) {
+        const int64_t taps = NarrowTaps(g, x, features, b, oh, lo, xs.data(), offs.data());
+        for (ow = lo; ow + 2 <= hi; ow += 2)
+          NarrowPixels<2>(out + ow * features, xs.data(), (ow - lo) * step, step, offs.data(),
+                          taps, k, g.c, features);
+      }
+      const int64_t done = ow;  // interior columns [lo, done) are done
+      for (ow = 0; ow < g.ow; ++ow) {
+        if (ow == lo && done > lo) ow = done;
+        if (ow == g.ow) break;
+        const int64_t taps = NarrowTaps(g, x, features, b, oh, ow, xs.data(), offs.data());
+        NarrowPixels<1>(out + ow * features, xs.data(), 0, step, offs.data(), taps, k, g.c,
+                        features);
+      }
+    }
+  });
+}
+
+// acc[offs[p] + f] += sum over n output columns o of xs[p][o * step] * d[o * F + f],
+// for P (tap, channel) pairs and the 8 * NB features from f: the sums of one row's
+// interior columns kept in registers, each dy load serving P pairs.
+template <int NB, int P>
+void NarrowGradSums(float* acc, const float* const* xs, const int64_t* offs, int64_t step,
+                    const float* d, int64_t features, int64_t n) {
+  V8 sum[P][NB] = {};
+  for (int64_t o = 0; o < n; ++o) {
+    V8 v[P];
+    for (int p = 0; p < P; ++p) v[p] = V8{} + xs[p][o * step];
+    for (int q = 0; q < NB; ++q) {
+      const V8 dv = Load8(d + o * features + 8 * q);
+      for (int p = 0; p < P; ++p) sum[p][q] += v[p] * dv;
+    }
+  }
+  for (int p = 0; p < P; ++p)
+    for (int q = 0; q < NB; ++q) Store8(acc + offs[p] + 8 * q, Load8(acc + offs[p] + 8 * q) + sum[p][q]);
+}
+
+// NarrowGradSums over every (tap, channel) pair, two at a time, and all F features.
+template <int NB>
+void NarrowGradPairs(float* acc, const float* const* xs, const int64_t* offs, int64_t pairs,
+                     int64_t step, const float* d, int64_t features, int64_t n) {
+  int64_t p = 0;
+  for (; p + 2 <= pairs; p += 2)
+    NarrowGradSums<NB, 2>(acc, xs + p, offs + p, step, d, features, n);
+  if (p < pairs) NarrowGradSums<NB, 1>(acc, xs + p, offs + p, step, d, features, n);
+}
+
+// dk[i, j, c, f] = sum over output pixels of x[b, ih, iw, c] * dy[b, oh, ow, f], into
+// one accumulator per thread (KH*KW*C*F floats, in L1), summed at the end. A row's
+// interior columns are summed in registers per (tap, channel) pair; its edge
+// columns, whose taps differ, add each pixel's products to the accumulator.
+void NarrowKernelGrad(ffi::ThreadPool& pool, const Geometry& g, const float* x,
+                      const float* dy, float* dk, int64_t features) {
+  const int64_t size = g.kh * g.kw * g.c * features, f8 = features / 8 * 8;
+  const auto [lo, hi] = NarrowInterior(g);
+  const int64_t step = g.stride * g.c, taps_max = g.kh * g.kw;
+  const int64_t workers = std::max<int64_t>(1, std::min(pool.num_threads(), g.n * g.oh));
+  std::vector<std::vector<float>> partial(workers, std::vector<float>(size, 0.f));
+  ParallelFor(pool, g.n * g.oh, workers, [&](int64_t begin, int64_t end, int64_t worker) {
+    float* acc = partial[worker].data();
+    std::vector<const float*> xs(taps_max), pair_x(taps_max * g.c);
+    std::vector<int64_t> offs(taps_max), pair_off(taps_max * g.c);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / g.oh, oh = row % g.oh;
+      const float* dyrow = dy + row * g.ow * features;
       for (int64_t ow = 0; ow < g.ow; ++ow) {
-        for (int64_t i = 0; i < g.kh; ++i) {
-          const int64_t ih = InputIndex(oh, i, g.stride, g.rate, g.pad_top, g.h);
-          for (int64_t j = 0; j < g.kw; ++j, out += g.c) {
-            const int64_t iw = InputIndex(ow, j, g.stride, g.rate, g.pad_left, g.w);
-            if (ih < 0 || iw < 0) {
-              std::memset(out, 0, sizeof(float) * g.c);
-            } else {
-              std::memcpy(out, x + ((b * g.h + ih) * g.w + iw) * g.c, sizeof(float) * g.c);
+        if (ow == lo && hi > lo) {  // the interior, in registers
+          const int64_t taps = NarrowTaps(g, x, features, b, oh, lo, xs.data(), offs.data());
+          int64_t pairs = 0;
+          for (int64_t t = 0; t < taps; ++t)
+            for (int64_t ci = 0; ci < g.c; ++ci, ++pairs) {
+              pair_x[pairs] = xs[t] + ci;
+              pair_off[pairs] = offs[t] + ci * features;
             }
+          const float* d = dyrow + lo * features;
+          int64_t f = 0;
+          for (; f + 32 <= features; f += 32)
+            NarrowGradPairs<4>(acc + f, pair_x.data(), pair_off.data(), pairs, step, d + f,
+                               features, hi - lo);
+          for (; f + 8 <= features; f += 8)
+            NarrowGradPairs<1>(acc + f, pair_x.data(), pair_off.data(), pairs, step, d + f,
+                               features, hi - lo);
+          for (; f < features; ++f)
+            for (int64_t p = 0; p < pairs; ++p)
+              for (int64_t o = 0; o < hi - lo; ++o)
+                acc[pair_off[p] + f] += pair_x[p][o * step] * d[o * features + f];
+          ow = hi - 1;
+          continue;
+        }
+        const float* d = dyrow + ow * features;
+        const int64_t taps = NarrowTaps(g, x, features, b, oh, ow, xs.data(), offs.data());
+        for (int64_t t = 0; t < taps; ++t) {
+          for (int64_t ci = 0; ci < g.c; ++ci) {
+            const float v = xs[t][ci];
+            float* a = acc + offs[t] + ci * features;
+            for (int64_t f = 0; f < f8; f += 8) Store8(a + f, Load8(a + f) + v * Load8(d + f));
+            for (int64_t f = f8; f < features; ++f) a[f] += v * d[f];
           }
         }
       }
     }
   });
+  std::memcpy(dk, partial[0].data(), sizeof(float) * size);
+  for (int64_t t = 1; t < workers; ++t)
+    for (int64_t i = 0; i < size; ++i) dk[i] += partial[t][i];
 }
 
 using F32 = ffi::Buffer<ffi::F32>;
@@ -913,15 +1087,39 @@ ffi::Error InputGradFusedImpl(ffi::ThreadPool pool, F32 dy, F32 y, F32 a, F32 b,
   return ffi::Error::Success();
 }
 
-// x: (N, H, W, C), y: (N, OH, OW, KH * KW * C).
-ffi::Error PatchesImpl(ffi::ThreadPool pool, F32 x, F32Out y, int64_t stride, int64_t rate,
-                       int64_t pad_top, int64_t pad_left, int64_t kh, int64_t kw) {
-  auto sx = x.dimensions(), sy = y->dimensions();
-  if (sx.size() != 4 || sy.size() != 4 || sy[3] != kh * kw * sx[3])
-    return ffi::Error::InvalidArgument("patches_cpu: x must be NHWC and y (N, OH, OW, KH*KW*C)");
-  ImagePatches(pool, Geometry{sx[0], sx[1], sx[2], sx[3], 1, kh, kw, sy[1], sy[2], stride,
-                              rate, pad_top, pad_left},
-               x.typed_data(), y->typed_data());
+// x: (N, H, W, C), k: (KH, KW, C, F), y: (N, OH, OW, F).
+ffi::Error CheckNarrow(ffi::Span<const int64_t> x, ffi::Span<const int64_t> k,
+                       ffi::Span<const int64_t> y) {
+  if (auto e = CheckRanks(x.size(), k.size(), y.size()); e.failure()) return e;
+  if (k[2] != x[3] || k[3] != y[3] || y[0] != x[0])
+    return ffi::Error::InvalidArgument("narrow_conv_cpu: need x (N, H, W, C), k (KH, KW, C, F) "
+                                       "and y (N, OH, OW, F)");
+  return ffi::Error::Success();
+}
+Geometry NarrowGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> k,
+                        ffi::Span<const int64_t> y, int64_t stride, int64_t rate,
+                        int64_t pad_top, int64_t pad_left) {
+  return Geometry{x[0], x[1], x[2], x[3], 1, k[0], k[1], y[1], y[2], stride, rate, pad_top,
+                  pad_left};
+}
+
+ffi::Error NarrowConvImpl(ffi::ThreadPool pool, F32 x, F32 k, F32Out y, int64_t stride,
+                          int64_t rate, int64_t pad_top, int64_t pad_left) {
+  auto sx = x.dimensions(), sk = k.dimensions(), sy = y->dimensions();
+  if (auto e = CheckNarrow(sx, sk, sy); e.failure()) return e;
+  NarrowConv(pool, NarrowGeometry(sx, sk, sy, stride, rate, pad_top, pad_left), x.typed_data(),
+             k.typed_data(), y->typed_data(), sy[3]);
+  return ffi::Error::Success();
+}
+
+// x: (N, H, W, C), dy: (N, OH, OW, F), dk: (KH, KW, C, F).
+ffi::Error NarrowConvKernelGradImpl(ffi::ThreadPool pool, F32 x, F32 dy, F32Out dk,
+                                    int64_t stride, int64_t rate, int64_t pad_top,
+                                    int64_t pad_left) {
+  auto sx = x.dimensions(), sy = dy.dimensions(), sk = dk->dimensions();
+  if (auto e = CheckNarrow(sx, sk, sy); e.failure()) return e;
+  NarrowKernelGrad(pool, NarrowGeometry(sx, sk, sy, stride, rate, pad_top, pad_left),
+                   x.typed_data(), dy.typed_data(), dk->typed_data(), sy[3]);
   return ffi::Error::Success();
 }
 
@@ -1000,11 +1198,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(DepthwiseKernelGradFused, KernelGradFusedImpl,
                                   .GEOMETRY_ATTRS()
                                   .Attr<int64_t>("input_activation")
                                   .Attr<int64_t>("activation"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(Patches, PatchesImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<F32>()
-                                  .Ret<F32>()
-                                  .GEOMETRY_ATTRS()
-                                  .Attr<int64_t>("kh")
-                                  .Attr<int64_t>("kw"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NarrowConvForward, NarrowConvImpl, DEPTHWISE_BINDING());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NarrowConvKernelGrad, NarrowConvKernelGradImpl,
+                              DEPTHWISE_BINDING());

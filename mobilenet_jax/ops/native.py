@@ -1,5 +1,5 @@
 """Builds the native CPU kernels (depthwise_cpu.cc: the depthwise convolution,
-the stem's image patches, batch norm's sums) and registers them with XLA.
+the stem's convolution of an image's few channels, batch norm's sums) and registers them with XLA.
 
 The library is compiled on first use with the machine's C++ compiler against the
 installed jaxlib's FFI headers, for this CPU (-march=native), and cached in
@@ -40,7 +40,8 @@ TARGETS = {
     "DepthwiseKernelGrad": "mobilenet_jax_depthwise_kernel_grad",
     "DepthwiseInputGradFused": "mobilenet_jax_depthwise_input_grad_fused",
     "DepthwiseKernelGradFused": "mobilenet_jax_depthwise_kernel_grad_fused",
-    "Patches": "mobilenet_jax_patches",
+    "NarrowConvForward": "mobilenet_jax_narrow_conv",
+    "NarrowConvKernelGrad": "mobilenet_jax_narrow_conv_kernel_grad",
 }
 # Tried in order: tuned for this CPU, then portable (compilers without -march=native).
 ARCH_FLAGS = (["-march=native"], [])
