@@ -47,3 +47,20 @@ def small_config_file(tmp_path_factory):
   path = tmp_path_factory.mktemp("configs") / "small.py"
   path.write_text(SMALL_CONFIG)
   return str(path)
+
+
+@pytest.fixture
+def data_parallel_grads():
+  """grads(x, kernel) run as in the train step's shard_map (x split over the data
+  axis, kernel replicated), for the kernels' tests of gradients under it."""
+  import jax
+  from jax.sharding import PartitionSpec as P
+  from mobilenet_jax import parallel
+
+  def run(grads, x, kernel):
+    mesh = parallel.create_mesh()
+    assert mesh.size > 1  # the fake devices above
+    sharded = jax.jit(jax.shard_map(grads, mesh=mesh, in_specs=(P(parallel.DATA), P()),
+                                    out_specs=(P(parallel.DATA), P())))
+    return sharded(parallel.shard_batch({"x": x}, mesh)["x"], parallel.replicate(kernel, mesh))
+  return run

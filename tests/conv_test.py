@@ -9,9 +9,6 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jax.sharding import PartitionSpec as P
-
-from mobilenet_jax import parallel
 from mobilenet_jax.models import get_model
 from mobilenet_jax.ops import conv as conv_ops
 
@@ -58,7 +55,7 @@ def test_native_keeps_a_bfloat16_input_s_dtype():
   assert dk.dtype == jnp.bfloat16
 
 
-def test_native_gradients_under_data_parallel_match_one_device():
+def test_native_gradients_under_data_parallel_match_one_device(data_parallel_grads):
   """Inside shard_map (the train step's data parallelism) the kernel's gradient is
   summed over devices; each device's input gradient is its own shard's."""
   x = jax.random.normal(jax.random.key(0), (8, 9, 9, 3))
@@ -68,13 +65,7 @@ def test_native_gradients_under_data_parallel_match_one_device():
     return jax.grad(lambda x, w: jnp.sum(jnp.sin(fn(x, w, 2, "SAME", 1))), argnums=(0, 1))(
         x, kernel)
 
-  mesh = parallel.create_mesh()
-  assert mesh.size > 1  # conftest's fake devices
-  sharded = jax.jit(jax.shard_map(functools.partial(grads, conv_ops.conv_native), mesh=mesh,
-                                  in_specs=(P(parallel.DATA), P()),
-                                  out_specs=(P(parallel.DATA), P())))
-  dx, dkernel = sharded(parallel.shard_batch({"x": x}, mesh)["x"],
-                        parallel.replicate(kernel, mesh))
+  dx, dkernel = data_parallel_grads(functools.partial(grads, conv_ops.conv_native), x, kernel)
   dx_ref, dkernel_ref = grads(lax_reference, x, kernel)
   np.testing.assert_allclose(dx, dx_ref, atol=1e-5)
   np.testing.assert_allclose(dkernel, dkernel_ref, atol=1e-4, rtol=1e-5)

@@ -368,7 +368,8 @@ def test_whole_model_same_with_either_implementation(impl):
 
 
 @pytest.mark.parametrize("strides, dilation", [(2, 1), (1, 2)])
-def test_native_gradients_under_data_parallel_match_one_device(strides, dilation):
+def test_native_gradients_under_data_parallel_match_one_device(strides, dilation,
+                                                               data_parallel_grads):
   """Inside shard_map (the train step's data parallelism) the kernel's gradient is
   summed over devices, as for XLA's convolution; each device's input gradient is its
   own shard's."""
@@ -379,13 +380,7 @@ def test_native_gradients_under_data_parallel_match_one_device(strides, dilation
     return jax.grad(lambda x, w: jnp.sum(jnp.sin(fn(x, w, strides, "SAME", dilation))),
                     argnums=(0, 1))(x, kernel)
 
-  mesh = parallel.create_mesh()
-  assert mesh.size > 1  # conftest's fake devices
-  sharded = jax.jit(jax.shard_map(functools.partial(grads, depthwise_native), mesh=mesh,
-                                  in_specs=(P(parallel.DATA), P()),
-                                  out_specs=(P(parallel.DATA), P())))
-  dx, dkernel = sharded(parallel.shard_batch({"x": x}, mesh)["x"],
-                        parallel.replicate(kernel, mesh))
+  dx, dkernel = data_parallel_grads(functools.partial(grads, depthwise_native), x, kernel)
   dx_ref, dkernel_ref = grads(depthwise_lax, x, kernel)
   np.testing.assert_allclose(dx, dx_ref, atol=1e-5)
   np.testing.assert_allclose(dkernel, dkernel_ref, atol=1e-4)
