@@ -632,6 +632,13 @@ void InteriorKernelGrad(float* acc, const float* const* rows, const TapPair* tap
   }
 }
 
+// dst[i] = sum over threads of partial[t][i], for i < size.
+void SumPartials(float* dst, const std::vector<std::vector<float>>& partial, int64_t size) {
+  std::memcpy(dst, partial[0].data(), sizeof(float) * size);
+  for (size_t t = 1; t < partial.size(); ++t)
+    for (int64_t i = 0; i < size; ++i) dst[i] += partial[t][i];
+}
+
 // dk[i, j] = sum over (b, oh, ow) of x'[b, ih, iw] * dy[b, oh, ow], x' = x or, with
 // a prologue, x with it applied (as the forward pass read it), dy from dz with a
 // gradient prologue: one pass over dy, one accumulator per thread, summed at the end.
@@ -677,9 +684,7 @@ void KernelGrad(ffi::ThreadPool& pool, const Geometry& g, const float* x, const 
       }
     }
   });
-  std::memcpy(dk, partial[0].data(), sizeof(float) * taps * cm);
-  for (int64_t t = 1; t < workers; ++t)
-    for (int64_t i = 0; i < taps * cm; ++i) dk[i] += partial[t][i];
+  SumPartials(dk, partial, taps * cm);
 }
 
 // A k x k convolution of a narrow input (an image's few channels: the stem) to F
@@ -705,14 +710,6 @@ int64_t NarrowTaps(const Geometry& g, const float* x, int64_t features, int64_t 
     }
   }
   return n;
-}
-
-// The output columns [lo, hi) whose taps all read inside x's columns.
-std::pair<int64_t, int64_t> NarrowInterior(const Geometry& g) {
-  const int64_t lo = (g.pad_left + g.stride - 1) / g.stride;
-  const int64_t last = g.w - 1 + g.pad_left - (g.kw - 1) * g.rate;  // ow * stride <= last
-  const int64_t hi = last < 0 ? 0 : std::min(g.ow, last / g.stride + 1);
-  return {lo, std::max(lo, hi)};
 }
 
 // out[p * F + f] = sum over taps t and channels c of xs[t][at + p * step + c] *
@@ -765,8 +762,8 @@ void NarrowPixels(float* out, const float* const* xs, int64_t at, int64_t step,
 // its edges one.
 void NarrowConv(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* k,
                 float* y, int64_t features) {
-  const auto [lo, hi] = NarrowInterior(g);
-  const int64_t step = g.stride * g.c;
+  const Interior in = ForwardInterior(g);  // columns whose taps all read inside x
+  const int64_t lo = in.lo, hi = in.hi, step = g.stride * g.c;
   ParallelFor(pool, g.n * g.oh, pool.num_threads(), [&](int64_t begin, int64_t end, int64_t) {
     std::vector<const float*> xs(g.kh * g.kw);
     std::vector<int64_t> offs(g.kh * g.kw);
@@ -808,7 +805,10 @@ void NarrowGradSums(float* acc, const float* const* xs, const int64_t* offs, int
     }
   }
   for (int p = 0; p < P; ++p)
-    for (int q = 0; q < NB; ++q) Store8(acc + offs[p] + 8 * q, Load8(acc + offs[p] + 8 * q) + sum[p][q]);
+    for (int q = 0; q < NB; ++q) {
+      float* a = acc + offs[p] + 8 * q;
+      Store8(a, Load8(a) + sum[p][q]);
+    }
 }
 
 // NarrowGradSums over every (tap, channel) pair, two at a time, and all F features.
@@ -828,8 +828,8 @@ void NarrowGradPairs(float* acc, const float* const* xs, const int64_t* offs, in
 void NarrowKernelGrad(ffi::ThreadPool& pool, const Geometry& g, const float* x,
                       const float* dy, float* dk, int64_t features) {
   const int64_t size = g.kh * g.kw * g.c * features, f8 = features / 8 * 8;
-  const auto [lo, hi] = NarrowInterior(g);
-  const int64_t step = g.stride * g.c, taps_max = g.kh * g.kw;
+  const Interior in = ForwardInterior(g);  // columns whose taps all read inside x
+  const int64_t lo = in.lo, hi = in.hi, step = g.stride * g.c, taps_max = g.kh * g.kw;
   const int64_t workers = std::max<int64_t>(1, std::min(pool.num_threads(), g.n * g.oh));
   std::vector<std::vector<float>> partial(workers, std::vector<float>(size, 0.f));
   ParallelFor(pool, g.n * g.oh, workers, [&](int64_t begin, int64_t end, int64_t worker) {
@@ -876,9 +876,7 @@ void NarrowKernelGrad(ffi::ThreadPool& pool, const Geometry& g, const float* x,
       }
     }
   });
-  std::memcpy(dk, partial[0].data(), sizeof(float) * size);
-  for (int64_t t = 1; t < workers; ++t)
-    for (int64_t i = 0; i < size; ++i) dk[i] += partial[t][i];
+  SumPartials(dk, partial, size);
 }
 
 using F32 = ffi::Buffer<ffi::F32>;

@@ -1,5 +1,6 @@
 """Builds the native CPU kernels (depthwise_cpu.cc: the depthwise convolution,
-the stem's convolution of an image's few channels, batch norm's sums) and registers them with XLA.
+the stem's convolution of an image's few channels, batch norm's sums) and
+registers them with XLA.
 
 The library is compiled on first use with the machine's C++ compiler against the
 installed jaxlib's FFI headers, for this CPU (-march=native), and cached in
