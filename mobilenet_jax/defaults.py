@@ -142,6 +142,9 @@ FIELDS = (
           doc="evaluate init_from's (or the workdir's) weights once"),
 
     # Loop, evaluation, checkpoints, logs.
+    field("steps_per_call", 0, at_least(0),
+          "train steps one compiled call runs (a scan; the same numbers as one "
+          "at a time); 0: 4 on CPU, 1 on GPU and TPU (parallel.steps_per_call)"),
     positive_int("log_every_steps", 50),
     positive_int("eval_every_steps", 500, "also at the end"),
     positive_int("checkpoint_every_steps", 500),

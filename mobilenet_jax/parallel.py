@@ -6,12 +6,14 @@ global step with `data_parallel`; inside it, `lax.pmean(x, DATA)` averages
 over devices.
 """
 
+import functools
 import socket
 import time
 from typing import Callable, Dict
 
 import jax
 import numpy as np
+from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mobilenet_jax.errors import ConfigError
@@ -126,9 +128,11 @@ def local_shards(mesh) -> list:
           if d.process_index == jax.process_index()]
 
 
-def shard_batch(batch: Dict[str, np.ndarray], mesh) -> Dict[str, jax.Array]:
-  """This process's numpy batch -> global arrays split over the "data" axis."""
-  sharding = NamedSharding(mesh, P(DATA))
+def shard_batch(batch: Dict[str, np.ndarray], mesh, stacked: bool = False
+                ) -> Dict[str, jax.Array]:
+  """This process's numpy batch -> global arrays split over the "data" axis;
+  `stacked`: several steps' batches on a leading axis, each split so."""
+  sharding = NamedSharding(mesh, batch_spec(stacked))
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
@@ -148,15 +152,41 @@ def replicate(tree, mesh):
   return jax.tree.map(put, tree)
 
 
-def data_parallel(step: Callable, mesh, donate_state: bool = False) -> Callable:
+def batch_spec(stacked: bool) -> P:
+  return P(None, DATA) if stacked else P(DATA)
+
+
+# Train steps per compiled call on CPU where the config leaves it to the
+# platform: one call allocates XLA's buffer for a step's temporaries (1.2 GB for
+# MobileNetV2 at batch 32) once, and the kernel zeroes fresh pages for it at
+# every call (docs/performance.md, "Several steps per call").
+CPU_STEPS_PER_CALL = 4
+
+
+def steps_per_call(requested: int, mesh) -> int:
+  """`requested` (config.steps_per_call), or for 0 the platform's choice:
+  CPU_STEPS_PER_CALL on CPU; 1 on GPU and TPU, whose allocators keep their
+  memory from step to step."""
+  if requested:
+    return requested
+  return CPU_STEPS_PER_CALL if platform(mesh) == "cpu" else 1
+
+
+def data_parallel(step: Callable, mesh, donate_state: bool = False,
+                  steps: int = 1) -> Callable:
   """jit(shard_map(step)) for step(state, batch) -> outputs (any pytree).
 
   `state` is replicated, `batch` split over DATA; the outputs are replicated,
   so `step` must make them equal on every device (pmean / psum). shard_map
   tracks which values vary over devices, so the gradient of a replicated
   parameter arrives already summed over devices (and sync BN's collectives
-  are transposed correctly).
+  are transposed correctly). With `steps` > 1, `step` returns (state, outputs)
+  and one call runs that many steps (lax.scan) over batches stacked on a
+  leading axis (shard_batch(..., stacked=True)): the final state, and each
+  step's outputs stacked the same way.
   """
-  sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(DATA)),
+  if steps > 1:
+    step = functools.partial(lax.scan, step)  # scan(step, state, batches)
+  sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), batch_spec(steps > 1)),
                           out_specs=P())
   return jax.jit(sharded, donate_argnums=(0,) if donate_state else ())

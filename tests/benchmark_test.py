@@ -37,11 +37,14 @@ def test_json_has_the_figures_and_no_tensorflow_is_imported():
     assert result[key] > 0, key
   assert result["backend"] == "cpu" and result["device_kind"]
   assert result["num_devices"] == 4  # conftest's fake devices, all used
-  for mode in ("train", "infer"):
+  # Training as the trainer runs it on CPU, 4 steps a call: --steps=2 times one
+  # whole call a round, and its figures are per step.
+  assert result["train"]["steps_per_call"] == 4 and "steps_per_call" not in result["infer"]
+  for mode, timed_steps in (("train", 8), ("infer", 4)):
     m = result[mode]
     assert m["step_ms_min"] <= m["step_ms_median"] <= m["step_ms_max"]
     assert abs(m["img_per_s"] - 4 / (m["step_ms_median"] / 1e3)) < 1e-6 * m["img_per_s"]
-    assert m["timed_steps"] == 4  # 2 steps in each of 2 rounds, pooled
+    assert m["timed_steps"] == timed_steps  # over 2 rounds, pooled
     slowest, fastest = m["round_img_per_s"]  # each round's own median
     assert slowest <= fastest and slowest <= m["img_per_s"] * 1.5
   assert result["img_per_s"] == result["train"]["img_per_s"]  # training leads
@@ -56,8 +59,8 @@ def test_json_has_the_figures_and_no_tensorflow_is_imported():
   assert 0 < low <= seeds["speedup"] <= high
   variant, = result["variants"]
   assert variant["output_stride"] == 16 and variant["madds"] > result["madds"]
-  for mode in ("train", "infer"):
-    assert variant[mode]["timed_steps"] == 4
+  for mode, timed_steps in (("train", 8), ("infer", 4)):
+    assert variant[mode]["timed_steps"] == timed_steps
     expected = variant[mode]["gmadds_per_s"] / result[mode]["gmadds_per_s"]
     assert variant["per_madd_vs_base"][mode] == pytest.approx(expected)
 

@@ -139,6 +139,73 @@ def test_data_parallel_batch_norm_1_vs_4_devices():
   assert max_diff(sync(same)[0].params, local(same)[0].params) < 1e-4
 
 
+@pytest.mark.slow
+def test_several_steps_per_call_are_the_steps_one_at_a_time():
+  """parallel.data_parallel(steps=3) over 4 devices: one call (a scan over
+  the stacked batches) ends in the state, bit for bit, and with the losses
+  that three calls of one step give, EMA and dropout's RNG included."""
+  config = small_config()
+  config.ema_decay = 0.9
+  config.model.dropout = 0.2
+  model = steps.create_model(config.model, config.dtype, config.depthwise_impl)
+  tx = optax.adam(3e-3)
+  mesh = parallel.create_mesh(jax.devices())
+  step_fn = functools.partial(steps.train_step, model=model, tx=tx, label_smoothing=0.1,
+                              ema_decay=config.ema_decay)
+  start = initial_state(config, tx)
+  batches = [batch_of(8, seed) for seed in range(3)]
+  one = parallel.data_parallel(step_fn, mesh)
+  state, losses = parallel.replicate(start, mesh), []
+  for batch in batches:
+    state, metrics = one(state, parallel.shard_batch(batch, mesh))
+    losses.append(float(metrics["loss"]))
+  stacked = jax.tree.map(lambda *x: np.stack(x), *batches)
+  three = parallel.data_parallel(step_fn, mesh, steps=3)
+  called, metrics = three(parallel.replicate(start, mesh),
+                          parallel.shard_batch(stacked, mesh, stacked=True))
+  assert metrics["loss"].shape == (3,) and losses[0] != losses[-1]
+  np.testing.assert_array_equal(np.asarray(metrics["loss"]), np.float32(losses))
+  assert int(called.step) == 3
+  for x, y in zip(jax.tree.leaves(jax.device_get(state)), jax.tree.leaves(jax.device_get(called))):
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x, y = jax.random.key_data(x), jax.random.key_data(y)
+    np.testing.assert_array_equal(x, y)
+
+
+def calls(first, last, per_call, intervals):
+  """The (start, size) of the calls that run steps first .. last."""
+  out, step = [], first
+  while step <= last:
+    out.append((step, loop.call_size(step, per_call, last, intervals)))
+    step += out[-1][1]
+  return out
+
+
+def test_calls_of_several_steps_end_at_every_log_eval_and_save():
+  """4 steps a call where a block of the grid 1, 5, 9, ... holds no log,
+  eval or save before its last step; single steps elsewhere. A resumed run,
+  which starts where a call ended, makes the same calls from there."""
+  got = calls(1, 30, 4, (10, 20, 500))
+  assert got == [(1, 4), (5, 4), (9, 1), (10, 1), (11, 1), (12, 1), (13, 4), (17, 4),
+                 (21, 4), (25, 4), (29, 1), (30, 1)]
+  ends = {start + size - 1 for start, size in got}
+  assert {10, 20, 30} <= ends
+  for start, _ in got:
+    assert calls(start, 30, 4, (10, 20, 500)) == [c for c in got if c[0] >= start]
+  assert set(calls(1, 12, 1, (5,))) == {(s, 1) for s in range(1, 13)}
+  assert calls(1, 8, 4, (4, 8)) == [(1, 4), (5, 4)]  # events at call ends: whole calls
+
+
+def test_steps_per_call_is_4_on_cpu_unless_set():
+  mesh = parallel.create_mesh(jax.devices()[:1])
+  assert parallel.steps_per_call(0, mesh) == parallel.CPU_STEPS_PER_CALL == 4
+  assert parallel.steps_per_call(2, mesh) == 2
+  config = default.get_config()
+  config.steps_per_call = -1
+  with pytest.raises(ConfigError, match="steps_per_call"):
+    defaults.validate(config)
+
+
 # ---------------------------------------------------------------- input ---
 
 def test_digits_build_offline_and_batches_depend_only_on_seed_step_and_shard(tmp_path):
@@ -186,9 +253,11 @@ def main(workdir, config_file, *overrides, wait=True, devices=1):
   return proc.returncode, err
 
 
+# Three calls of 4 steps each (on CPU): resuming is checked on the calls the
+# trainer makes by default.
 RESUME = ["--config.num_train_steps=12", "--config.checkpoint_every_steps=4",
           "--config.ema_decay=0.9",
-          "--config.eval_every_steps=4", "--config.log_every_steps=2"]
+          "--config.eval_every_steps=4", "--config.log_every_steps=4"]
 
 
 def final_state(workdir):

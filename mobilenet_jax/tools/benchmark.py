@@ -5,8 +5,10 @@
   python -m mobilenet_jax.tools.benchmark --mode train --dtype bfloat16 --json
 
 Times the real data-parallel train step (`steps.train_step` under
-`parallel.data_parallel`, on every local device) and the inference forward
-pass, one step at a time after compilation and warm-up. Synthetic data by
+`parallel.data_parallel`, on every local device) as the trainer calls it
+(config.steps_per_call steps a call: 4 on CPU; `--steps_per_call 1` times one
+step a call), and the inference forward pass, after compilation and warm-up.
+Train figures are per step: a call's time over its steps. Synthetic data by
 default (one device-resident batch, as the peers use); `--data pipeline`
 feeds the real input pipeline instead (and so imports TensorFlow).
 With --peers, Keras Applications and a PyTorch model of the same
@@ -45,8 +47,11 @@ flags.DEFINE_integer("batch_size", 32, "Global batch size.")
 flags.DEFINE_enum("mode", "both", ["train", "infer", "both"], "What to time.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype "
                   "(parameters stay float32).")
-flags.DEFINE_integer("steps", 10, "Timed steps.")
+flags.DEFINE_integer("steps", 10, "Timed steps (train: in calls of --steps_per_call).")
 flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+flags.DEFINE_integer("steps_per_call", 0, "Train steps one call runs, as the trainer's "
+                     "config.steps_per_call; 0: the trainer's choice for the platform.",
+                     lower_bound=0)
 flags.DEFINE_enum("data", "synthetic", ["synthetic", "pipeline"], "Synthetic "
                   "batches, or the real input pipeline (needs TensorFlow).")
 flags.DEFINE_string("dataset", "sklearn_digits", "TFDS dataset for --data=pipeline.")
@@ -93,10 +98,19 @@ def peak_memory_mb(device) -> tuple:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process peak RSS"
 
 
-def timed(fn) -> list:
-  """Durations of `--steps` calls of `fn` (which blocks on its result) after
-  `--warmup` untimed ones: the peers' method."""
-  return timing.time_steps(fn, FLAGS.warmup, FLAGS.steps)
+def timed(fn, steps_per_call: int = 1) -> list:
+  """Per-step durations of `fn` (which runs `steps_per_call` steps and blocks
+  on its result) over `--steps` steps after `--warmup` untimed ones: the
+  peers' method, for whole calls."""
+  calls = lambda n: -(-n // steps_per_call)  # whole calls covering n steps
+  times = timing.time_steps(fn, calls(FLAGS.warmup), calls(FLAGS.steps))
+  return [t / steps_per_call for t in times]
+
+
+def time_round(timers: dict, result: dict) -> dict:
+  """{mode: per-step durations} of one round of `timers` (prepare_jax's)."""
+  return {mode: timed(fn, result["train"]["steps_per_call"] if mode == "train" else 1)
+          for mode, fn in timers.items()}
 
 
 VARIANT_KEYS = {"output_stride": int, "depthwise_impl": str}
@@ -151,15 +165,20 @@ def prepare_jax(output_stride: int, depthwise_impl: str) -> tuple:
   if FLAGS.mode in ("train", "both"):
     step_fn = functools.partial(steps.train_step, model=model, tx=tx,
                                 label_smoothing=0.0, ema_decay=0.0)
-    step = parallel.data_parallel(step_fn, mesh, donate_state=True)
-    t = time.perf_counter()
-    step = step.lower(state, device_batch).compile()
-    result["train"] = {"compile_s": time.perf_counter() - t}
+    per_call = parallel.steps_per_call(FLAGS.steps_per_call, mesh)
+    step = parallel.data_parallel(step_fn, mesh, donate_state=True, steps=per_call)
     if FLAGS.data == "pipeline":
+      from mobilenet_jax.training import loop
       batches = pipeline_batches(FLAGS.batch_size)
-      next_batch = lambda: parallel.shard_batch(next(batches), mesh)
-    else:
-      next_batch = lambda: device_batch
+      next_batch = lambda: loop.next_batches(batches, per_call, mesh)
+    else:  # the one batch, as many times as a call has steps
+      stacked = jax.tree.map(lambda x: np.stack([x] * per_call), batch)
+      call_batch = (device_batch if per_call == 1
+                    else parallel.shard_batch(stacked, mesh, stacked=True))
+      next_batch = lambda: call_batch
+    t = time.perf_counter()
+    step = step.lower(state, next_batch()).compile()
+    result["train"] = {"compile_s": time.perf_counter() - t, "steps_per_call": per_call}
 
     def train():
       holder[0], metrics = step(holder[0], next_batch())
@@ -224,8 +243,9 @@ def finish_jax(result: dict, rounds: list) -> dict:
   import jax
   for mode in rounds[0]:
     steps_s = [t for r in rounds for t in r[mode]]
+    per_call = result[mode].get("steps_per_call", 1)  # each duration: a call's, per step
     result[mode].update(timing.summarize(steps_s, images_per_step(mode)),
-                        timed_steps=len(steps_s))
+                        timed_steps=len(steps_s) * per_call)
     # What a user sees from run to run: each round's own median, slowest and fastest.
     per_round = [images_per_step(mode) / statistics.median(r[mode]) for r in rounds]
     result[mode]["round_img_per_s"] = [min(per_round), max(per_round)]
@@ -301,6 +321,8 @@ def print_table(result: dict):
         f"{result['batch_size']}, {result['dtype']}, {result['data']} data, "
         f"{result['backend']} ({result['device_kind']}) x {result['num_devices']}, "
         f"jax {result['jax']}, huge pages {'on' if result['hugepages'] else 'off'}"
+        + (f", train {result['train']['steps_per_call']} steps a call"
+           if "train" in result else "")
         + (f", {result['rounds']} rounds (ratios: median over rounds)"
            if result["rounds"] > 1 else ""))
   cpu = result.get("cpu") or {}
@@ -357,9 +379,9 @@ def main(argv):
   ours_rounds, peer_runs = [], {label: [] for label in labels}
   variant_rounds = [[] for _ in variants]
   for _ in range(FLAGS.rounds):
-    ours_rounds.append({mode: timed(fn) for mode, fn in timers.items()})
-    for (_, variant_timers), rounds in zip(variants, variant_rounds):
-      rounds.append({mode: timed(fn) for mode, fn in variant_timers.items()})
+    ours_rounds.append(time_round(timers, result))
+    for (variant, variant_timers), rounds in zip(variants, variant_rounds):
+      rounds.append(time_round(variant_timers, variant))
     for label in labels:
       peer_runs[label].append(measure_peer(*label))
   result = finish_jax(result, ours_rounds)

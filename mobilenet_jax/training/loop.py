@@ -201,9 +201,14 @@ def check_eval_only(config, builder, manager):
 
 # ------------------------------------------------------------ bookkeeping ---
 
+def per_step(values: list) -> np.ndarray:
+  """One entry per step from calls' outputs (a scalar, or one per step of a
+  call of several)."""
+  return np.concatenate([np.ravel(v) for v in jax.device_get(values)] or [np.zeros(0)])
+
+
 def first_bad_step(losses: List[jax.Array], first_step: int) -> Optional[int]:
-  values = np.asarray(jax.device_get(losses))
-  bad = np.flatnonzero(~np.isfinite(values))
+  bad = np.flatnonzero(~np.isfinite(per_step(losses)))
   return first_step + int(bad[0]) if bad.size else None
 
 
@@ -317,20 +322,49 @@ def restore_step(job: Job, step: int, like: TrainState):
 
 # -------------------------------------------------------------- the loop ---
 
+def call_size(step: int, per_call: int, num_steps: int, intervals) -> int:
+  """How many steps the call that starts at `step` runs: `per_call` where those
+  steps are one block of the grid step 1, 1 + per_call, ... that ends by
+  num_steps with no multiple of an interval (a log, eval or save) before its
+  last step; else 1. It depends on the step alone, so a resumed run makes the
+  same calls as an uninterrupted one."""
+  last = step + per_call - 1
+  if (step - 1) % per_call or last > num_steps:
+    return 1
+  if any((last - 1) // n != (step - 1) // n for n in intervals):
+    return 1
+  return per_call
+
+
+def next_batches(train_iter, n: int, mesh):
+  """The next n steps' batches on the mesh; for n > 1 stacked on a leading axis."""
+  if n == 1:
+    return parallel.shard_batch(next(train_iter), mesh)
+  batches = [next(train_iter) for _ in range(n)]
+  return parallel.shard_batch(jax.tree.map(lambda *x: np.stack(x), *batches), mesh,
+                              stacked=True)
+
+
 def train(job: Job, p_train, p_eval, schedule, state: TrainState, meta: dict,
           train_iter) -> TrainState:
   """Steps state.step + 1 .. num_steps, logging, evaluating and saving as the
-  config says. On SIGTERM it saves at once and raises Preempted."""
+  config says. On SIGTERM it saves after the current call and raises Preempted.
+  p_train maps a call's step count (call_size) to its program."""
   config, manager, writer = job.config, job.manager, job.writer
   start_step, num_steps = int(state.step), job.num_steps
+  per_call = max(p_train)
+  intervals = (config.log_every_steps, config.eval_every_steps,
+               config.checkpoint_every_steps)
   report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
   sigterm = SigtermFlag()
   losses, checked_step, train_metrics = [], start_step, []
   t0 = time.time() - meta["train_time_s"]
+  step = start_step
   try:
-    for step in range(start_step + 1, num_steps + 1):
-      batch = parallel.shard_batch(next(train_iter), job.mesh)
-      state, metrics = p_train(state, batch)
+    while step < num_steps:
+      n = call_size(step + 1, per_call, num_steps, intervals)
+      state, metrics = p_train[n](state, next_batches(train_iter, n, job.mesh))
+      step += n
       losses.append(metrics["loss"])
       train_metrics.append(metrics)
       report(step)
@@ -375,7 +409,7 @@ def check_finite(job: Job, losses: List[jax.Array], first_step: int):
 
 
 def log_train_metrics(job: Job, step: int, train_metrics: list, schedule):
-  summary = jax.tree.map(lambda *x: float(np.mean(x)), *jax.device_get(train_metrics))
+  summary = jax.tree.map(lambda *x: float(np.mean(per_step(x))), *train_metrics)
   summary["learning_rate"] = float(schedule(step - 1))
   job.writer.write_scalars(step, {f"train_{k}": v for k, v in summary.items()})
   logging.info("step %d/%d: loss %.4f, accuracy %.3f, lr %.3g", step, job.num_steps,
@@ -473,10 +507,13 @@ def run_in_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.eval_only:  # evaluation at the restored step is the whole run
     evaluate_only(job, p_eval, state, meta)
     return write_results(job, meta, int(state.step))
-  p_train = parallel.data_parallel(
-      functools.partial(train_step, model=model, tx=tx,
-                        label_smoothing=config.label_smoothing, ema_decay=config.ema_decay),
-      mesh, donate_state=True)
+  step_fn = functools.partial(train_step, model=model, tx=tx,
+                              label_smoothing=config.label_smoothing,
+                              ema_decay=config.ema_decay)
+  # Compiled at their first call: a run whose calls are all one step long
+  # never compiles the other.
+  p_train = {n: parallel.data_parallel(step_fn, mesh, donate_state=True, steps=n)
+             for n in {1, parallel.steps_per_call(config.steps_per_call, mesh)}}
   state = train(job, p_train, p_eval, schedule, state, meta, train_iter)
   quantized = ptq.evaluate(job, state, evaluate) if config.ptq_eval else {}
   if quantized:
