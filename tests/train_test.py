@@ -318,6 +318,35 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, small_config_file, befor
   assert_same_run(straight, killed)
 
 
+@pytest.mark.slow
+def test_sigterm_saves_after_its_call_and_the_rerun_is_bit_identical(tmp_path,
+                                                                    small_config_file):
+  """A preemption's SIGTERM mid-run: the run saves at the end of the call it
+  is in (4 steps a call here), says so in one line and exits non-zero; run
+  again, it ends exactly as an uninterrupted run."""
+  config = RESUME + ["--config.checkpoint_every_steps=12"]  # saves only at the end
+  straight = tmp_path / "straight"
+  code, err = main(straight, small_config_file, *config)
+  assert code == 0, err[-2000:]
+  stopped = tmp_path / "stopped"
+  proc = main(stopped, small_config_file, *config, wait=False)
+  deadline = time.time() + 300
+  log = stopped / "train.log"
+  while not (log.exists() and "step 4/12" in log.read_text()) and time.time() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)  # during step 4's evaluation, which compiles
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode != 0
+  lines = [l for l in err.splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and "SIGTERM: saved step " in lines[0], err[-2000:]
+  saved = int(lines[0].split("saved step ")[1].split()[0])
+  assert saved % 4 == 0
+  assert [d for d in os.listdir(stopped / "checkpoints") if d.isdigit()] == [str(saved)]
+  code, err = main(stopped, small_config_file, *config)
+  assert code == 0 and f"Resumed from step {saved}" in err, err[-2000:]
+  assert_same_run(straight, stopped)
+
+
 def test_missing_dataset_is_one_line_and_nonzero(tmp_path, small_config_file):
   code, err = main(tmp_path, small_config_file, "--config.num_train_steps=2",
                    "--config.dataset=imagenet2012", "--config.data_dir=/nonexistent/tfds",

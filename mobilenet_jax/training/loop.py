@@ -371,7 +371,7 @@ def train(job: Job, p_train, p_eval, schedule, state: TrainState, meta: dict,
       last = step == num_steps
       log_now = step % config.log_every_steps == 0 or last
       eval_now = job.builder is not None and (step % config.eval_every_steps == 0 or last)
-      save_now = step % config.checkpoint_every_steps == 0 or last or sigterm.received
+      save_now = step % config.checkpoint_every_steps == 0 or last
       if log_now or eval_now or save_now:  # a device sync: only when needed
         check_finite(job, losses, checked_step + 1)
         losses, checked_step = [], step
@@ -385,14 +385,18 @@ def train(job: Job, p_train, p_eval, schedule, state: TrainState, meta: dict,
         meta["history"].append({"step": step, **result})
         logging.info("step %d eval: %s", step, ", ".join(
             f"{k} {v:.4f}" for k, v in result.items()))
+      if sigterm.received and not save_now:  # decided here: it may come mid-evaluation
+        check_finite(job, losses, checked_step + 1)
+        losses, checked_step = [], step
+        save_now = True
       if save_now:
         meta["train_time_s"] = time.time() - t0
         with report.timed("checkpoint"):
           checkpoint.save(manager, step, state, meta,
                           train_iter if job.builder is not None else None)
-      if sigterm.received:
-        raise Preempted(f"SIGTERM: saved step {step} in {job.workdir}; run the same "
-                        "command again to resume.")
+        if sigterm.received:  # after a save of this step, so the message is true
+          raise Preempted(f"SIGTERM: saved step {step} in {job.workdir}; run the same "
+                          "command again to resume.")
   finally:
     sigterm.restore()
     flush(writer, job.workdir)
