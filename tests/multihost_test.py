@@ -30,7 +30,9 @@ STEPS, COMPARED = 6, 2
 OVERRIDES = [f"--config.num_train_steps={STEPS}", "--config.checkpoint_every_steps=2",
              "--config.keep_checkpoints=3", "--config.eval_every_steps=2",
              "--config.log_every_steps=2", "--config.optimizer=sgd",
-             "--config.learning_rate=0.1", "--config.warmup_epochs=0"]
+             "--config.learning_rate=0.1", "--config.warmup_epochs=0",
+             # calls of 2 steps: each process's batches stacked, as on CPU by default
+             "--config.steps_per_call=2"]
 
 
 def run_job(workdir, config_file, *extra, num_processes=2, devices=2, wait=True):
