@@ -137,6 +137,15 @@ def shard_batch(batch: Dict[str, np.ndarray], mesh, stacked: bool = False
       lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
+def next_batches(batches, n: int, mesh) -> Dict[str, jax.Array]:
+  """The next n of this process's numpy batches on the mesh; for n > 1 stacked
+  on a leading axis (one call of data_parallel(..., steps=n))."""
+  if n == 1:
+    return shard_batch(next(batches), mesh)
+  stacked = jax.tree.map(lambda *x: np.stack(x), *[next(batches) for _ in range(n)])
+  return shard_batch(stacked, mesh, stacked=True)
+
+
 def replicate(tree, mesh):
   """Puts a pytree, equal on every process, on every device of the mesh (the
   state all replicas share). Works across processes, unlike device_put."""

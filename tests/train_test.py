@@ -99,6 +99,14 @@ def small_config(image_size=32):
   return config
 
 
+def assert_bit_identical(a, b):
+  """Every leaf of two states equal, PRNG keys by their data."""
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x, y = jax.random.key_data(x), jax.random.key_data(y)
+    np.testing.assert_array_equal(x, y)
+
+
 def max_diff(a, b):
   return max(float(jnp.max(jnp.abs(x - y))) for x, y in
              zip(jax.tree.leaves(a), jax.tree.leaves(b)))
@@ -166,10 +174,7 @@ def test_several_steps_per_call_are_the_steps_one_at_a_time():
   assert metrics["loss"].shape == (3,) and losses[0] != losses[-1]
   np.testing.assert_array_equal(np.asarray(metrics["loss"]), np.float32(losses))
   assert int(called.step) == 3
-  for x, y in zip(jax.tree.leaves(jax.device_get(state)), jax.tree.leaves(jax.device_get(called))):
-    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-      x, y = jax.random.key_data(x), jax.random.key_data(y)
-    np.testing.assert_array_equal(x, y)
+  assert_bit_identical(jax.device_get(state), jax.device_get(called))
 
 
 def calls(first, last, per_call, intervals):
@@ -265,11 +270,7 @@ def final_state(workdir):
 
 
 def assert_same_run(straight, resumed):
-  a, b = final_state(straight), final_state(resumed)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-      x, y = jax.random.key_data(x), jax.random.key_data(y)
-    np.testing.assert_array_equal(x, y)
+  assert_bit_identical(final_state(straight), final_state(resumed))
   ra = json.load(open(straight / "results.json"))
   rb = json.load(open(resumed / "results.json"))
   assert ra["history"] == rb["history"] and len(ra["history"]) == 3

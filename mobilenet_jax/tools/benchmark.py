@@ -28,6 +28,7 @@ if __name__ == "__main__":  # before the imports below allocate anything
   hugepages.relaunch()
 
 import functools
+import itertools
 import json
 import resource
 import statistics
@@ -168,13 +169,10 @@ def prepare_jax(output_stride: int, depthwise_impl: str) -> tuple:
     per_call = parallel.steps_per_call(FLAGS.steps_per_call, mesh)
     step = parallel.data_parallel(step_fn, mesh, donate_state=True, steps=per_call)
     if FLAGS.data == "pipeline":
-      from mobilenet_jax.training import loop
       batches = pipeline_batches(FLAGS.batch_size)
-      next_batch = lambda: loop.next_batches(batches, per_call, mesh)
+      next_batch = lambda: parallel.next_batches(batches, per_call, mesh)
     else:  # the one batch, as many times as a call has steps
-      stacked = jax.tree.map(lambda x: np.stack([x] * per_call), batch)
-      call_batch = (device_batch if per_call == 1
-                    else parallel.shard_batch(stacked, mesh, stacked=True))
+      call_batch = parallel.next_batches(itertools.repeat(batch), per_call, mesh)
       next_batch = lambda: call_batch
     t = time.perf_counter()
     step = step.lower(state, next_batch()).compile()

@@ -336,15 +336,6 @@ def call_size(step: int, per_call: int, num_steps: int, intervals) -> int:
   return per_call
 
 
-def next_batches(train_iter, n: int, mesh):
-  """The next n steps' batches on the mesh; for n > 1 stacked on a leading axis."""
-  if n == 1:
-    return parallel.shard_batch(next(train_iter), mesh)
-  batches = [next(train_iter) for _ in range(n)]
-  return parallel.shard_batch(jax.tree.map(lambda *x: np.stack(x), *batches), mesh,
-                              stacked=True)
-
-
 def train(job: Job, p_train, p_eval, schedule, state: TrainState, meta: dict,
           train_iter) -> TrainState:
   """Steps state.step + 1 .. num_steps, logging, evaluating and saving as the
@@ -363,7 +354,7 @@ def train(job: Job, p_train, p_eval, schedule, state: TrainState, meta: dict,
   try:
     while step < num_steps:
       n = call_size(step + 1, per_call, num_steps, intervals)
-      state, metrics = p_train[n](state, next_batches(train_iter, n, job.mesh))
+      state, metrics = p_train[n](state, parallel.next_batches(train_iter, n, job.mesh))
       step += n
       losses.append(metrics["loss"])
       train_metrics.append(metrics)
