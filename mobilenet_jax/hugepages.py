@@ -4,8 +4,9 @@ On CPU, XLA allocates every call's large buffers with malloc, which glibc serves
 from fresh mmaps and unmaps again on free, so each call page-faults all of its
 activations in 4 KB pages (about a million faults for a MobileNetV2 train step at
 batch 32; the trainer runs 4 steps a call on CPU, config.steps_per_call, which
-allocates them once for the 4). With `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (glibc >= 2.35) glibc asks
-the kernel for 2 MB pages on those mmaps where the kernel's THP mode is "madvise".
+allocates them once for the 4). With `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`
+(glibc >= 2.35) glibc asks the kernel for 2 MB pages on those mmaps where the
+kernel's THP mode is "madvise".
 Measured on this project's 2-core CPU (docs/performance.md): MobileNetV2 training
 9.4 -> 14.0 img/s and inference 68 -> 104 img/s, with the same peak memory.
 
