@@ -6,7 +6,10 @@ activations in 4 KB pages (about a million faults for a MobileNetV2 train step a
 batch 32; the trainer runs 4 steps a call on CPU, config.steps_per_call, which
 allocates them once for the 4). With `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`
 (glibc >= 2.35) glibc asks the kernel for 2 MB pages on those mmaps where the
-kernel's THP mode is "madvise".
+kernel's THP mode is "madvise". glibc's mmap tunables cannot keep the block instead:
+a thread other than the main one allocates it, and glibc maps any request larger than a
+thread arena's 64 MB heap directly. One arena for all threads keeps it, and made the
+step slower (docs/performance.md, "AMD EPYC, Zen 4").
 Measured on this project's 2-core CPU (docs/performance.md): MobileNetV2 training
 9.4 -> 14.0 img/s and inference 68 -> 104 img/s, with the same peak memory.
 
