@@ -97,7 +97,7 @@ class ConvBN(nn.Module):
                            dilation=self.dilation, kernel_init=s.initializer(), name="conv")(x)
     if self.kernel_size == 1 and self.strides == 1 and self.groups == 1:
       return Pointwise(self.features, s.dtype, s.pointwise_impl, s.initializer(),
-                       name="conv")(x)
+                       s.depthwise_impl, name="conv")(x)
     return Conv(self.features, self.kernel_size, self.strides, self.padding, self.dilation,
                 self.groups, s.depthwise_impl, s.dtype, s.initializer(), name="conv")(x)
 
@@ -159,7 +159,7 @@ class ConvBN(nn.Module):
       impl = depthwise_fns[resolve_impl(s.depthwise_impl)]
       return lambda x, kernel: impl(x, kernel, self.strides, self.padding, self.dilation)
     if self.kernel_size == 1 and self.strides == 1 and self.groups == 1:
-      return lambda x, kernel: pointwise(x, kernel, s.pointwise_impl)
+      return lambda x, kernel: pointwise(x, kernel, s.pointwise_impl, s.depthwise_impl)
     return functools.partial(conv, strides=self.strides, padding=self.padding,
                              dilation=self.dilation, groups=self.groups,
                              depthwise_impl=s.depthwise_impl)

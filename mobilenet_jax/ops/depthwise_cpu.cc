@@ -890,6 +890,107 @@ Geometry FromShapes(ffi::Span<const int64_t> x, ffi::Span<const int64_t> kernel,
                   y[1], y[2], stride, rate, pad_top, pad_left};
 }
 
+// Keeps v in a register: else GCC folds its load into every multiply-add that reads
+// it, one load per FMA (x86 with AVX; elsewhere nothing).
+inline void InRegister(V8& v) {
+#ifdef __AVX__
+  __asm__("" : "+x"(v));
+#else
+  (void)v;
+#endif
+}
+
+// dk[c, f] = sum over pixels p of x[p, c] * dy[p, f]: a 1x1 convolution's kernel
+// gradient. XLA's dot is slow at these long, thin contractions when C and F are
+// small and the pixels many (V2's 32 -> 16 projection at 112x112, batch 32: 9.7 ms
+// against this loop's 2.4). Here KB channels by 8 * NB features of the sums stay in
+// registers while a block of pixels (in L1) is read once per tile.
+template <int KB, int NB>
+void PointwiseGradTile(float* acc, const float* x, const float* dy, int64_t pixels,
+                       int64_t channels, int64_t features) {
+  V8 sum[KB][NB] = {};
+  for (int64_t p = 0; p < pixels; ++p) {
+    V8 d[NB];
+    for (int q = 0; q < NB; ++q) {
+      d[q] = Load8(dy + p * features + 8 * q);
+      InRegister(d[q]);
+    }
+    for (int k = 0; k < KB; ++k) {
+      const float xv = x[p * channels + k];
+      const V8 v = {xv, xv, xv, xv, xv, xv, xv, xv};  // a broadcast, not 0 + x
+      for (int q = 0; q < NB; ++q) sum[k][q] += v * d[q];
+    }
+  }
+  for (int k = 0; k < KB; ++k)
+    for (int q = 0; q < NB; ++q) {
+      float* a = acc + k * features + 8 * q;
+      Store8(a, Load8(a) + sum[k][q]);
+    }
+}
+
+#ifdef __AVX512F__
+constexpr bool kWideRegisters = true;  // 32 vector registers, not 16
+#else
+constexpr bool kWideRegisters = false;
+#endif
+
+// Features [f, f + 8 * NB) of one block of pixels, for every channel: KB channels a
+// tile, as many sums as the registers hold beside NB loads of dy and a broadcast.
+template <int NB>
+void PointwiseGradFeatures(float* acc, const float* x, const float* dy, int64_t pixels,
+                           int64_t channels, int64_t features) {
+  constexpr int KB = kWideRegisters && NB <= 3 ? 8 : 4;
+  int64_t c = 0;
+  for (; c + KB <= channels; c += KB)
+    PointwiseGradTile<KB, NB>(acc + c * features, x + c, dy, pixels, channels, features);
+  for (; c + 4 <= channels; c += 4)
+    PointwiseGradTile<4, NB>(acc + c * features, x + c, dy, pixels, channels, features);
+  for (; c < channels; ++c)
+    PointwiseGradTile<1, NB>(acc + c * features, x + c, dy, pixels, channels, features);
+}
+
+// Every tile of one block of pixels.
+void PointwiseGradBlock(float* acc, const float* x, const float* dy, int64_t pixels,
+                        int64_t channels, int64_t features) {
+  int64_t f = 0;
+  if (kWideRegisters) {
+    for (; f + 32 <= features; f += 32)
+      PointwiseGradFeatures<4>(acc + f, x, dy + f, pixels, channels, features);
+    if (f + 24 <= features) {
+      PointwiseGradFeatures<3>(acc + f, x, dy + f, pixels, channels, features);
+      f += 24;
+    }
+  }
+  for (; f + 16 <= features; f += 16)
+    PointwiseGradFeatures<2>(acc + f, x, dy + f, pixels, channels, features);
+  for (; f + 8 <= features; f += 8)
+    PointwiseGradFeatures<1>(acc + f, x, dy + f, pixels, channels, features);
+  for (; f < features; ++f)
+    for (int64_t p = 0; p < pixels; ++p)
+      for (int64_t c = 0; c < channels; ++c)
+        acc[c * features + f] += x[p * channels + c] * dy[p * features + f];
+}
+
+void PointwiseKernelGradSums(ffi::ThreadPool& pool, const float* x, const float* dy, float* dk,
+                             int64_t pixels, int64_t channels, int64_t features) {
+  constexpr int64_t kBlock = 32;  // pixels a tile reads: (C + F) * 128 bytes, in L1
+  const int64_t blocks = (pixels + kBlock - 1) / kBlock, size = channels * features;
+  const int64_t workers = std::max<int64_t>(1, std::min(pool.num_threads(), blocks));
+  std::vector<std::vector<float>> partial(workers, std::vector<float>(size, 0.f));
+  ParallelFor(pool, blocks, workers, [&](int64_t begin, int64_t end, int64_t worker) {
+    float* acc = partial[worker].data();
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t p0 = b * kBlock, n = std::min(kBlock, pixels - p0);
+      PointwiseGradBlock(acc, x + p0 * channels, dy + p0 * features, n, channels, features);
+    }
+  });
+  for (int64_t i = 0; i < size; ++i) {
+    float total = 0.f;
+    for (const auto& p : partial) total += p[i];
+    dk[i] = total;
+  }
+}
+
 ffi::Error CheckRanks(size_t a, size_t b, size_t c) {
   if (a != 4 || b != 4 || c != 4)
     return ffi::Error::InvalidArgument("depthwise_cpu: operands must be rank 4 (NHWC, HWIO)");
@@ -1121,6 +1222,18 @@ ffi::Error NarrowConvKernelGradImpl(ffi::ThreadPool pool, F32 x, F32 dy, F32Out 
   return ffi::Error::Success();
 }
 
+// x: (P, C), dy: (P, F), dk: (C, F).
+ffi::Error PointwiseKernelGradImpl(ffi::ThreadPool pool, F32 x, F32 dy, F32Out dk) {
+  auto sx = x.dimensions(), sy = dy.dimensions(), sk = dk->dimensions();
+  if (sx.size() != 2 || sy.size() != 2 || sk.size() != 2 || sy[0] != sx[0] ||
+      sk[0] != sx[1] || sk[1] != sy[1])
+    return ffi::Error::InvalidArgument("pointwise_kernel_grad_cpu: need x (P, C), dy (P, F) "
+                                       "and dk (C, F)");
+  PointwiseKernelGradSums(pool, x.typed_data(), dy.typed_data(), dk->typed_data(), sx[0], sx[1],
+                      sy[1]);
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 #define GEOMETRY_ATTRS()       \
@@ -1199,3 +1312,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(DepthwiseKernelGradFused, KernelGradFusedImpl,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NarrowConvForward, NarrowConvImpl, DEPTHWISE_BINDING());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NarrowConvKernelGrad, NarrowConvKernelGradImpl,
                               DEPTHWISE_BINDING());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(PointwiseKernelGrad, PointwiseKernelGradImpl,
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Ret<F32>());

@@ -1,0 +1,89 @@
+"""The 1x1 products' kernel gradient by the native kernel, against XLA's dot."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mobilenet_jax.models import get_model
+from mobilenet_jax.ops import pointwise as pw
+
+TARGET = "mobilenet_jax_pointwise_kernel_grad"
+
+
+def loss(product):
+  return lambda x, w: jnp.sum(jnp.sin(product(x, w)))
+
+
+# Channels run the 8-, 4- and 1-wide tiles; features the 32-, 24-, 16-, 8- and
+# 1-wide ones (the 32 and 24 with AVX-512 only); 1,027 pixels end in a partial
+# block of 32.
+@pytest.mark.parametrize("channels, features", [
+    (32, 16), (16, 96), (13, 45), (3, 5), (24, 24), (44, 64), (8, 57), (1, 1)])
+def test_native_kernel_gradient_equals_xla_s(channels, features):
+  x = jax.random.normal(jax.random.key(0), (1027, channels))
+  w = jax.random.normal(jax.random.key(1), (channels, features))
+  grad = lambda fn: jax.jit(jax.grad(loss(fn), argnums=(0, 1)))(x, w)
+  np.testing.assert_allclose(pw.dot_native_grad(x, w), jnp.dot(x, w))
+  for a, b in zip(grad(pw.dot_native_grad), grad(jnp.dot)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_native_gradients_under_data_parallel_match_one_device(data_parallel_grads):
+  """Inside shard_map (the train step's data parallelism) the kernel's gradient is
+  summed over devices; each device's input gradient is its own shard's."""
+  x = jax.random.normal(jax.random.key(0), (8, 9, 9, 24))
+  kernel = jax.random.normal(jax.random.key(1), (1, 1, 24, 16))
+
+  def grads(fn, x, kernel):
+    return jax.grad(lambda x, w: jnp.sum(jnp.sin(fn(x, w))), argnums=(0, 1))(x, kernel)
+
+  def native(x, kernel):
+    x2 = x.reshape(-1, x.shape[-1])
+    y = pw.dot_native_grad(x2, pw.vary_like(kernel[0, 0], x2))
+    return y.reshape(*x.shape[:-1], -1)
+
+  dx, dkernel = data_parallel_grads(functools.partial(grads, native), x, kernel)
+  dx_ref, dkernel_ref = grads(lambda x, w: pw.pointwise(x, w, depthwise_impl="lax"), x, kernel)
+  np.testing.assert_allclose(dx, dx_ref, atol=1e-5)
+  np.testing.assert_allclose(dkernel, dkernel_ref, atol=1e-4, rtol=1e-5)
+
+
+def test_native_gradient_is_taken_only_for_long_thin_float32_products_on_native_cpu():
+  many, few = pw.NATIVE_GRAD_MIN_PIXELS, pw.NATIVE_GRAD_MAX_FEATURES
+  assert pw.uses_native_grad(401408, 16, jnp.float32, "auto")  # V2's first projection
+  assert pw.uses_native_grad(many, few, jnp.float32, "native")
+  assert not pw.uses_native_grad(many - 1, few, jnp.float32, "auto")
+  assert not pw.uses_native_grad(many, few + 1, jnp.float32, "auto")
+  assert not pw.uses_native_grad(many, few, jnp.bfloat16, "auto")
+  assert not pw.uses_native_grad(many, few, jnp.float32, "lax")
+  assert not pw.uses_native_grad(many, few, jnp.float32, "shift")
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2"])
+def test_model_same_with_native_kernel_gradients_or_xla_s(name, monkeypatch):
+  """The network's loss and parameter gradients in training with every 1x1
+  product's kernel gradient by the native kernel, and by XLA's dot."""
+  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  model = get_model({"name": name, "num_classes": 10, "alpha": 0.35, "dropout": 0.0})
+  variables = model.init(jax.random.key(1), x, train=False)
+
+  def loss_and_grads():
+    def loss(params):
+      logits, _ = model.apply({**variables, "params": params}, x, train=True,
+                              mutable=["batch_stats"])
+      return jnp.sum(jnp.sin(logits))
+    step = jax.jit(jax.value_and_grad(loss))
+    return step.lower(variables["params"]).as_text(), step(variables["params"])
+
+  monkeypatch.setattr(pw, "NATIVE_GRAD_MIN_PIXELS", 0)
+  monkeypatch.setattr(pw, "NATIVE_GRAD_MAX_FEATURES", 10**6)
+  hlo_native, (l_native, g_native) = loss_and_grads()
+  monkeypatch.setattr(pw, "NATIVE_GRAD_MAX_FEATURES", -1)
+  hlo_xla, (l_xla, g_xla) = loss_and_grads()
+  assert TARGET in hlo_native and TARGET not in hlo_xla
+  np.testing.assert_allclose(l_native, l_xla, rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(g_native), jax.tree.leaves(g_xla)):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
