@@ -21,9 +21,10 @@ from mobilenet_jax.ops.depthwise import resolve_impl
 from mobilenet_jax.ops.sharding import vary_like
 
 POINTWISE_IMPLS = ("dot", "conv")
-# The kernel gradients the native kernel takes: measured faster than XLA's dot from
-# 100,352 pixels (56x56 at batch 32) with up to 64 output features, and not with
-# 96 or more (docs/performance.md, "AMD EPYC, Zen 4").
+# The kernel gradients the native kernel takes. With up to 64 output features it was
+# faster than XLA's dot, and with 96 or more not; in the train step, taking those
+# of 28x28 at batch 32 (25,088 pixels) too gained nothing measurable
+# (docs/performance.md, "AMD EPYC, Zen 4").
 NATIVE_GRAD_MIN_PIXELS = 50_000
 NATIVE_GRAD_MAX_FEATURES = 64
 
