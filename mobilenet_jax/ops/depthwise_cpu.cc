@@ -984,11 +984,7 @@ void PointwiseKernelGradSums(ffi::ThreadPool& pool, const float* x, const float*
       PointwiseGradBlock(acc, x + p0 * channels, dy + p0 * features, n, channels, features);
     }
   });
-  for (int64_t i = 0; i < size; ++i) {
-    float total = 0.f;
-    for (const auto& p : partial) total += p[i];
-    dk[i] = total;
-  }
+  SumPartials(dk, partial, size);
 }
 
 ffi::Error CheckRanks(size_t a, size_t b, size_t c) {
@@ -1229,8 +1225,8 @@ ffi::Error PointwiseKernelGradImpl(ffi::ThreadPool pool, F32 x, F32 dy, F32Out d
       sk[0] != sx[1] || sk[1] != sy[1])
     return ffi::Error::InvalidArgument("pointwise_kernel_grad_cpu: need x (P, C), dy (P, F) "
                                        "and dk (C, F)");
-  PointwiseKernelGradSums(pool, x.typed_data(), dy.typed_data(), dk->typed_data(), sx[0], sx[1],
-                      sy[1]);
+  PointwiseKernelGradSums(pool, x.typed_data(), dy.typed_data(), dk->typed_data(), sx[0],
+                          sx[1], sy[1]);
   return ffi::Error::Success();
 }
 
@@ -1312,5 +1308,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(DepthwiseKernelGradFused, KernelGradFusedImpl,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NarrowConvForward, NarrowConvImpl, DEPTHWISE_BINDING());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NarrowConvKernelGrad, NarrowConvKernelGradImpl,
                               DEPTHWISE_BINDING());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(PointwiseKernelGrad, PointwiseKernelGradImpl,
-                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Ret<F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    PointwiseKernelGrad, PointwiseKernelGradImpl,
+    ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Ret<F32>());
