@@ -233,6 +233,43 @@ def test_native_depthwise_batchnorm_equals_reference_and_gradients(strides, dila
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-3, err_msg=name)
 
 
+# The fused backward pass computes each input row after the last output row that
+# reads it, from a ring of the last few rows' dy: strides above 1, VALID padding
+# (rows no output reads: 8 rows at stride 2 and 3 leave the last ones out), a
+# dilated 5x5 kernel with explicit padding, and rows of 60 columns with 43 channels
+# (InteriorRow over many channels, and its 8-wide and scalar loops). Three images of
+# 8-13 rows put the workers' split inside an image.
+@pytest.mark.parametrize("shape, strides, k, dilation, padding", [
+    ((3, 8, 9, 11), 2, 3, 1, "VALID"), ((3, 8, 10, 11), 3, 3, 1, "VALID"),
+    ((3, 13, 12, 11), 2, 5, 2, ((3, 4), (0, 5))), ((3, 9, 60, 43), 1, 3, 1, "SAME"),
+    ((3, 8, 61, 43), 2, 3, 1, "SAME")])
+def test_fused_backward_pass_at_any_geometry(shape, strides, k, dilation, padding):
+  """Both batch norms in the depthwise passes (depthwise_batchnorm) against lax's
+  depthwise between them, forward and every gradient, at geometries the network
+  does not use."""
+  keys = jax.random.split(jax.random.key(0), 6)
+  c = shape[-1]
+  args = (3 * jax.random.normal(keys[0], shape), 1.5 + 0.5 * jax.random.normal(keys[1], (c,)),
+          jax.random.normal(keys[2], (c,)), jax.random.normal(keys[3], (k, k, 1, c)),
+          3 + jax.random.normal(keys[4], (c,)), 2 + jax.random.normal(keys[5], (c,)))
+
+  def native(x, a, s, w, g, b):
+    return depthwise.depthwise_batchnorm(x, w, strides, padding, dilation, a, s, "relu6", g,
+                                         b, 1e-3, "relu6")[0]
+
+  def reference(x, a, s, w, g, b):
+    y = lax_reference(activate(x * a + s, "relu6"), w, strides, padding, dilation)
+    mean = jnp.mean(y, axis=(0, 1, 2))
+    var = jnp.mean(y * y, axis=(0, 1, 2)) - mean * mean
+    return activate((y - mean) * lax.rsqrt(var + 1e-3) * g + b, "relu6")
+
+  np.testing.assert_allclose(native(*args), reference(*args), atol=1e-4, rtol=1e-4)
+  grads = lambda f: jax.jit(jax.grad(lambda *a: jnp.sum(jnp.sin(f(*a))), argnums=range(6)))
+  names = ("dx", "dinput_scale", "dinput_shift", "dkernel", "dscale", "dbias")
+  for name, a, b in zip(names, grads(native)(*args), grads(reference)(*args), strict=True):
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-3, err_msg=name)
+
+
 def fused_operands(hlo: str, target: str):
   """The operand types of each custom call to `target` in lowered StableHLO."""
   return [line.split(": (")[-1].split(") ->")[0].split(", ")
@@ -264,7 +301,7 @@ def test_inference_folds_batch_norm_into_the_native_depthwise(name):
   empty = "tensor<0xf32>"
   # (x, scale, shift, kernel, bias): each with its input's shift and its own bias.
   assert all(ops[1] == empty and empty not in (ops[2], ops[4]) for ops in fused)
-  assert "kernel_grad_fused" not in train.lower(variables, x).as_text()
+  assert "backward_fused" not in train.lower(variables, x).as_text()
   np.testing.assert_allclose(infer(variables, x), unfolded.apply(variables, x),
                              atol=1e-4, rtol=1e-4)
   ends, ends_ref = (jax.jit(lambda v, x, m=m: m.apply(v, x, endpoints=True))(variables, x)
@@ -308,12 +345,11 @@ def test_training_applies_batch_norm_in_the_native_depthwise(name):
   assert not fused_operands(hlo, "mobilenet_jax_depthwise_forward_fused")
   empty = "tensor<0xf32>"
   assert all(empty not in ops for ops in forward)  # (x, scale, shift, kernel)
-  # (x, scale, shift, dz, y, a, b, c1, c2) and (dz, y, a, b, c1, c2, kernel, x, scale,
-  # shift): both gradients take dy from dz through this layer's batch norm.
-  kernel_grads = fused_operands(hlo, "mobilenet_jax_depthwise_kernel_grad_fused")
-  input_grads = fused_operands(hlo, "mobilenet_jax_depthwise_input_grad_fused")
-  assert len(kernel_grads) == len(input_grads) == len(forward)
-  assert all(empty not in ops for ops in kernel_grads + input_grads)
+  # (dz, y, a, b, c1, c2, kernel, x, scale, shift): one pass makes both gradients,
+  # taking dy from dz through this layer's batch norm.
+  backward = fused_operands(hlo, "mobilenet_jax_depthwise_backward_fused")
+  assert len(backward) == len(forward)
+  assert all(empty not in ops for ops in backward)
   # Batch norm's sums, one native pass each: (dz, y, a, b) for this layer's backward
   # pass, (x, x, 1, 0) for the statistics of each pending batch norm (every
   # depthwise layer's input).

@@ -221,16 +221,16 @@ def _grads_through_prologue(x, scale, shift, kernel, dy, grad_prologue, input_ac
   """The gradients by x, scale, shift and kernel of conv(act(x * scale + shift),
   kernel) from dy, or from dz with the grad_prologue (y, a, b, c1, c2) of the
   batch norm after the layer: dy = a * dz where activation(y * a + b) passes it, +
-  c1 + c2 * y. The kernel gradient reads x through the prologue again."""
+  c1 + c2 * y. One native pass makes both gradients: the kernel's reads x through
+  the prologue again, the input's goes back through it."""
   attributes = dict(geometry=geometry, input_activation=ACTIVATION_CODES[input_activation],
                     activation=ACTIVATION_CODES[activation])
   grad_prologue = [vary_like(a, x) for a in grad_prologue]
-  dkernel = native.call("DepthwiseKernelGradFused", kernel.shape, x, scale, shift, dy,
-                        *grad_prologue, **attributes)
   # The gradient by x' where the activation passes it, and its sums by channel
   # (plain and times x): the shift's and the scale's gradients.
-  dpre, sums = native.call("DepthwiseInputGradFused", [x.shape, (2, x.shape[-1])], dy,
-                           *grad_prologue, kernel, x, scale, shift, **attributes)
+  dkernel, dpre, sums = native.call(
+      "DepthwiseBackwardFused", [kernel.shape, x.shape, (2, x.shape[-1])], dy, *grad_prologue,
+      kernel, x, scale, shift, **attributes)
   if scale.size == 0:
     return dpre, scale, sums[0], dkernel
   return dpre * scale, sums[1], sums[0], dkernel

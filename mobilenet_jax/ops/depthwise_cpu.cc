@@ -318,14 +318,13 @@ int64_t OutputsOf(int64_t in, int64_t k, int64_t stride, int64_t rate, int64_t p
 
 // Source rows as the taps read them: straight from the source, or, with a
 // prologue (the previous layer's batch-norm scale, shift and activation, not yet
-// applied) or a gradient prologue (dz rows made dy), transformed into a per-thread
-// cache of as many rows as the kernel has, so each row is transformed once while
-// consecutive output rows share it.
+// applied), activated into a per-thread cache of as many rows as the kernel has,
+// so each row is activated once while consecutive output rows share it.
 class SourceRows {
  public:
   SourceRows(const float* src, int64_t row_size, int64_t channels, const BiasAct& prologue,
-             int64_t slots, const GradPrologue& grad = {})
-      : src_(src), row_size_(row_size), channels_(channels), prologue_(prologue), grad_(grad),
+             int64_t slots)
+      : src_(src), row_size_(row_size), channels_(channels), prologue_(prologue),
         tags_(Cached() ? slots : 0, -1), used_(tags_.size()),
         cache_(Cached() ? slots * row_size : 0) {}
 
@@ -351,15 +350,10 @@ class SourceRows {
   }
 
  private:
-  bool Cached() const { return prologue_.bias || grad_.y; }
+  bool Cached() const { return prologue_.bias != nullptr; }
   float* Slot(size_t s) { return cache_.data() + s * row_size_; }
   void Activate(float* dst, int64_t offset) const {
     const float* src = src_ + offset;
-    if (grad_.y) {
-      for (int64_t p = 0; p < row_size_; p += channels_)
-        GradRow(dst + p, src + p, grad_.y + offset + p, grad_, channels_);
-      return;
-    }
     const BiasAct e = prologue_;  // in registers, not reloaded through `this`
     for (int64_t p = 0; p < row_size_; p += channels_) {
       int64_t c = 0;
@@ -373,7 +367,6 @@ class SourceRows {
   const float* src_;
   int64_t row_size_, channels_;
   BiasAct prologue_;
-  GradPrologue grad_;
   std::vector<int64_t> tags_;
   std::vector<bool> used_;
   std::vector<float> cache_;
@@ -429,34 +422,49 @@ bool WithRows(int64_t nr, int64_t kw, F fn) {
 
 // out[o] = sum over the NR x 3 taps of rows[i][o * step + off + j * dj] * w[i][j], for
 // the interior columns, 8 channels at a time with their NR x 3 weights held in
-// registers, taps summed in DotTaps' order. Used where a pixel has at most
-// kFewChannels: DotTaps spends its time there setting up each pixel's taps (at
-// 32x112x112x32 on an AVX2 CPU, 17 -> 11 ms). With more channels DotTaps is as
-// fast or faster, the pass being bound by memory (docs/performance.md).
+// registers, two pixels at a time (two independent chains of multiply-adds), taps
+// summed in DotTaps' order. Used where a pixel has at most kFewChannels (DotTaps
+// spends its time there setting up each pixel's taps: at 32x112x112x32 on an AVX2
+// CPU, 17 -> 11 ms) and on long rows (UseInterior).
 constexpr int64_t kFewChannels = 32;
 template <int NR>
-void InteriorRow(float* out, const float* const* rows, const float* const* w, const Interior& in,
-                 int64_t channels, const BiasAct& e) {
-  const int64_t dj = in.dj * channels, vector_channels = channels / 8 * 8;
+void InteriorRow(float* __restrict out, const float* const* row_ptr, const float* const* w,
+                 const Interior& in, int64_t channels, const BiasAct& epilogue) {
+  // Locals, not reloads through pointers the stores to `out` might alias.
+  const float* rows[NR];
+  for (int i = 0; i < NR; ++i) rows[i] = row_ptr[i];
+  const BiasAct e = epilogue;
+  const int64_t lo = in.lo, hi = in.hi, step = in.step * channels, dj = in.dj * channels;
+  const int64_t first = (lo * in.step + in.off) * channels, vector_channels = channels / 8 * 8;
+  auto finish = [&](V8 s, int64_t c) { return e.bias ? Finish(s, e, c) : s; };
   for (int64_t c = 0; c < vector_channels; c += 8) {
     V8 k[NR][3];
     for (int i = 0; i < NR; ++i)
       for (int j = 0; j < 3; ++j) k[i][j] = Load8(w[3 * i + j] + c);
-    for (int64_t o = in.lo; o < in.hi; ++o) {
-      const int64_t p = (o * in.step + in.off) * channels + c;
-      V8 s = {};
+    int64_t o = lo, p = first + c;
+    for (; o + 2 <= hi; o += 2, p += 2 * step) {
+      V8 s0 = {}, s1 = {};
       for (int i = 0; i < NR; ++i)
-        for (int j = 0; j < 3; ++j) s += Load8(rows[i] + p + j * dj) * k[i][j];
-      Store8(out + o * channels + c, e.bias ? Finish(s, e, c) : s);
+        for (int j = 0; j < 3; ++j) {
+          s0 += Load8(rows[i] + p + j * dj) * k[i][j];
+          s1 += Load8(rows[i] + p + step + j * dj) * k[i][j];
+        }
+      Store8(out + o * channels + c, finish(s0, c));
+      Store8(out + (o + 1) * channels + c, finish(s1, c));
+    }
+    if (o < hi) {
+      V8 s0 = {};
+      for (int i = 0; i < NR; ++i)
+        for (int j = 0; j < 3; ++j) s0 += Load8(rows[i] + p + j * dj) * k[i][j];
+      Store8(out + o * channels + c, finish(s0, c));
     }
   }
   for (int64_t c = vector_channels; c < channels; ++c) {
-    for (int64_t o = in.lo; o < in.hi; ++o) {
-      const int64_t p = (o * in.step + in.off) * channels + c;
-      float s = 0.f;
+    for (int64_t o = lo, p = first + c; o < hi; ++o, p += step) {
+      float s0 = 0.f;
       for (int i = 0; i < NR; ++i)
-        for (int j = 0; j < 3; ++j) s += rows[i][p + j * dj] * w[3 * i + j][c];
-      out[o * channels + c] = e.bias ? Finish(s, e, c) : s;
+        for (int j = 0; j < 3; ++j) s0 += rows[i][p + j * dj] * w[3 * i + j][c];
+      out[o * channels + c] = e.bias ? Finish(s0, e, c) : s0;
     }
   }
 }
@@ -472,43 +480,73 @@ void InteriorRow(float* out, const float* const* rows, const float* const* w, co
 struct NoRowHook {
   void operator()(int64_t, int64_t, float*) const {}
 };
+
+// Pointers one row's DotTaps calls reuse.
+struct RowScratch {
+  explicit RowScratch(const Geometry& g)
+      : cols(g.kw), a(g.kh * g.kw), b(g.kh * g.kw), w(g.kh * g.kw) {}
+  std::vector<TapPair> cols;
+  std::vector<const float*> a, b, w;
+};
+
+// One output row: out_row[c] = sum over the row pairs rows[0..nr) (tap, source row
+// row_ptr[i]) and the column pairs cols_of(c) of source values times kernel taps,
+// through the epilogue `e`; the interior columns by InteriorRow where it applies.
+template <typename ColsOf>
+void GatherRow(const Geometry& g, const TapPair* rows, int64_t nr, const float* const* row_ptr,
+               int64_t n_cols, ColsOf cols_of, const Interior& interior, bool use_interior,
+               const float* k, float* out_row, const BiasAct& e, RowScratch& s) {
+  const bool fast = use_interior && WithRows(nr, g.kw, [&](auto rows_c) {
+    for (int64_t i = 0; i < nr; ++i)
+      for (int64_t j = 0; j < 3; ++j) s.w[i * 3 + j] = k + (rows[i].tap * 3 + j) * g.c;
+    InteriorRow<decltype(rows_c)::value>(out_row, row_ptr, s.w.data(), interior, g.c, e);
+  });
+  for (int64_t c = 0; c < n_cols; ++c) {
+    if (fast && c == interior.lo) c = interior.hi;  // done above
+    if (c == n_cols) break;
+    const int64_t nc = cols_of(c, s.cols.data());
+    int64_t taps = 0;
+    for (int64_t i = 0; i < nr; ++i) {
+      for (int64_t j = 0; j < nc; ++j, ++taps) {
+        s.a[taps] = row_ptr[i] + s.cols[j].pos * g.c;
+        s.b[taps] = k + (rows[i].tap * g.kw + s.cols[j].tap) * g.c;
+      }
+    }
+    DotTaps(out_row + c * g.c, s.a.data(), s.b.data(), taps, g.c, e);
+  }
+}
+
+// Whether a pass over rows of `n_cols` columns takes InteriorRow's path: few channels,
+// or rows long enough that holding the taps' weights in registers across the row pays
+// for sweeping it once per 8 channels. On a Zen 4 EPYC the forward pass at 56x56x144
+// took 7.6 ms instead of 10.8, at 28x28x192 2.6 instead of 3.4; at 14 and 7 columns
+// it was slower (docs/performance.md).
+constexpr int64_t kLongRow = 28;
+inline bool UseInterior(const Geometry& g, int64_t n_cols, const Interior& interior) {
+  return (g.c <= kFewChannels || n_cols >= kLongRow) && interior.hi > interior.lo;
+}
+
 template <typename RowsOf, typename ColsOf, typename RowDone = NoRowHook>
 void GatherTaps(ffi::ThreadPool& pool, const Geometry& g, int64_t n_rows, int64_t n_cols,
                 RowsOf rows_of, ColsOf cols_of, const Interior& interior, const float* src,
                 int64_t src_rows, int64_t src_cols, const float* k, float* out,
-                const BiasAct& e = {}, const BiasAct& pro = {}, RowDone row_done = {},
-                const GradPrologue& grad = {}) {
-  const bool use_interior = g.c <= kFewChannels && interior.hi > interior.lo;
+                const BiasAct& e = {}, const BiasAct& pro = {}, RowDone row_done = {}) {
+  const bool use_interior = UseInterior(g, n_cols, interior);
   ParallelFor(pool, g.n * n_rows, pool.num_threads(), [&](int64_t begin, int64_t end,
                                                           int64_t worker) {
-    std::vector<TapPair> rows(g.kh), cols(g.kw);
-    std::vector<const float*> a(g.kh * g.kw), b(g.kh * g.kw), row_ptr(g.kh), w(g.kh * g.kw);
+    std::vector<TapPair> rows(g.kh);
+    std::vector<const float*> row_ptr(g.kh);
     std::vector<int64_t> row_index(g.kh);
-    SourceRows source(src, src_cols * g.c, g.c, pro, g.kh, grad);
+    SourceRows source(src, src_cols * g.c, g.c, pro, g.kh);
+    RowScratch scratch(g);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t batch = row / n_rows, r = row % n_rows;
       const int64_t nr = rows_of(r, rows.data());
       for (int64_t i = 0; i < nr; ++i) row_index[i] = batch * src_rows + rows[i].pos;
       source.Get(row_index.data(), nr, row_ptr.data());
       float* out_row = out + row * n_cols * g.c;
-      const bool fast = use_interior && WithRows(nr, g.kw, [&](auto rows_c) {
-        for (int64_t i = 0; i < nr; ++i)
-          for (int64_t j = 0; j < 3; ++j) w[i * 3 + j] = k + (rows[i].tap * 3 + j) * g.c;
-        InteriorRow<decltype(rows_c)::value>(out_row, row_ptr.data(), w.data(), interior, g.c, e);
-      });
-      for (int64_t c = 0; c < n_cols; ++c) {
-        if (fast && c == interior.lo) c = interior.hi;  // done above
-        if (c == n_cols) break;
-        const int64_t nc = cols_of(c, cols.data());
-        int64_t taps = 0;
-        for (int64_t i = 0; i < nr; ++i) {
-          for (int64_t j = 0; j < nc; ++j, ++taps) {
-            a[taps] = row_ptr[i] + cols[j].pos * g.c;
-            b[taps] = k + (rows[i].tap * g.kw + cols[j].tap) * g.c;
-          }
-        }
-        DotTaps(out_row + c * g.c, a.data(), b.data(), taps, g.c, e);
-      }
+      GatherRow(g, rows.data(), nr, row_ptr.data(), n_cols, cols_of, interior, use_interior, k,
+                out_row, e, scratch);
       row_done(worker, row, out_row);
     }
   });
@@ -541,24 +579,29 @@ void Forward(ffi::ThreadPool& pool, const Geometry& g, const float* x, const flo
   });
 }
 
+// The input gradient's column pairs (input column -> the output columns that read
+// it), and their interior: strided, an input column's taps alternate with its
+// parity, so there is none.
+inline auto InputGradColumns(const Geometry& g) {
+  return [&g](int64_t iw, TapPair* p) {
+    return OutputsOf(iw, g.kw, g.stride, g.rate, g.pad_left, g.ow, p);
+  };
+}
+inline Interior InputGradInterior(const Geometry& g) {
+  return g.stride == 1 ? FindInterior(g.w, g.kw, 1, g.pad_left, -g.rate, InputGradColumns(g))
+                       : Interior{};
+}
+
 // dx[b, ih, iw] = sum over taps (i, j) whose output (oh, ow) reads (ih, iw).
-// With `grad` (depth multiplier 1 only), dy comes from dz (GradPrologue).
-template <typename RowDone = NoRowHook>
 void InputGrad(ffi::ThreadPool& pool, const Geometry& g, const float* dy, const float* k,
-               float* dx, RowDone row_done = {}, const GradPrologue& grad = {}) {
+               float* dx) {
   if (g.m == 1) {
-    auto cols_of = [&](int64_t iw, TapPair* p) {
-      return OutputsOf(iw, g.kw, g.stride, g.rate, g.pad_left, g.ow, p);
-    };
-    // Strided, an input column's taps alternate with its parity: no regular interior.
-    const Interior interior = g.stride == 1
-        ? FindInterior(g.w, g.kw, 1, g.pad_left, -g.rate, cols_of) : Interior{};
     GatherTaps(
         pool, g, g.h, g.w,
         [&](int64_t ih, TapPair* p) {
           return OutputsOf(ih, g.kh, g.stride, g.rate, g.pad_top, g.oh, p);
         },
-        cols_of, interior, dy, g.oh, g.ow, k, dx, {}, {}, row_done, grad);
+        InputGradColumns(g), InputGradInterior(g), dy, g.oh, g.ow, k, dx);
     return;
   }
   const int64_t cm = g.cm();
@@ -582,21 +625,6 @@ void InputGrad(ffi::ThreadPool& pool, const Geometry& g, const float* dy, const 
       }
     }
   });
-}
-
-// The input gradient through a prologue act(x * scale + shift) (depth multiplier 1):
-// dx' = dx where the activation passes the gradient (recomputed from x), else 0, and
-// sums[c] = sum of dx', sums[C + c] = sum of dx' * x: what the scale's and shift's
-// gradients, and batch norm's backward pass, need, taken while each row is in cache.
-void InputGradThroughPrologue(ffi::ThreadPool& pool, const Geometry& g, const float* dy,
-                              const float* k, const float* x, const BiasAct& pro, float* dx,
-                              float* sums, const GradPrologue& grad = {}) {
-  ChannelSums totals(pool.num_threads() + 1, g.c);
-  auto mask_and_sum = [&](int64_t worker, int64_t row, float* out) {
-    totals.AddRow(worker, out, out, x + row * g.w * g.c, pro, g.w);
-  };
-  InputGrad(pool, g, dy, k, dx, mask_and_sum, grad);
-  totals.Write(sums);
 }
 
 // The kernel gradient's interior columns of one output row (depth multiplier 1):
@@ -639,52 +667,135 @@ void SumPartials(float* dst, const std::vector<std::vector<float>>& partial, int
     for (int64_t i = 0; i < size; ++i) dst[i] += partial[t][i];
 }
 
-// dk[i, j] = sum over (b, oh, ow) of x'[b, ih, iw] * dy[b, oh, ow], x' = x or, with
-// a prologue, x with it applied (as the forward pass read it), dy from dz with a
-// gradient prologue: one pass over dy, one accumulator per thread, summed at the end.
+// acc[(tap * kw + j) * C * M + ...] += one output row's kernel-gradient products:
+// the source rows row_ptr[0..nr) (taps rows[i].tap) times that output row's dy.
+void KernelGradRow(const Geometry& g, float* acc, const TapPair* rows, int64_t nr,
+                   const float* const* row_ptr, const float* dyrow, const Interior& interior) {
+  const int64_t cm = g.cm();
+  const bool fast = interior.hi > interior.lo && WithRows(nr, g.kw, [&](auto rows_c) {
+    InteriorKernelGrad<decltype(rows_c)::value>(acc, row_ptr, rows, dyrow, interior, g.c);
+  });
+  for (int64_t i = 0; i < nr; ++i) {
+    for (int64_t ow = 0; ow < g.ow; ++ow) {
+      if (fast && ow == interior.lo) ow = interior.hi;  // done above
+      if (ow == g.ow) break;
+      for (int64_t j = 0; j < g.kw; ++j) {
+        const int64_t iw = InputIndex(ow, j, g.stride, g.rate, g.pad_left, g.w);
+        if (iw >= 0)
+          MulAccBroadcast(acc + (rows[i].tap * g.kw + j) * cm, row_ptr[i] + iw * g.c,
+                          dyrow + ow * cm, g.c, g.m);
+      }
+    }
+  }
+}
+
+// Workers for a pass over `rows` output rows that keeps one accumulator each.
+inline int64_t Workers(ffi::ThreadPool& pool, int64_t rows) {
+  return std::max<int64_t>(1, std::min(pool.num_threads(), rows));
+}
+
+// dk[i, j] = sum over (b, oh, ow) of x[b, ih, iw] * dy[b, oh, ow]: one pass over dy,
+// one accumulator per thread, summed at the end.
 void KernelGrad(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* dy,
-                float* dk, const BiasAct& pro = {}, const GradPrologue& grad = {}) {
-  const int64_t cm = g.cm(), taps = g.kh * g.kw;
-  const int64_t workers = std::max<int64_t>(1, std::min(pool.num_threads(), g.n * g.oh));
+                float* dk) {
+  const int64_t cm = g.cm(), taps = g.kh * g.kw, workers = Workers(pool, g.n * g.oh);
   std::vector<std::vector<float>> partial(workers, std::vector<float>(taps * cm, 0.f));
   const Interior interior = g.m == 1 ? ForwardInterior(g) : Interior{};
   ParallelFor(pool, g.n * g.oh, workers, [&](int64_t begin, int64_t end, int64_t worker) {
-    float* acc = partial[worker].data();
     std::vector<TapPair> rows(g.kh);
-    std::vector<int64_t> row_index(g.kh);
     std::vector<const float*> row_ptr(g.kh);
-    SourceRows source(x, g.w * g.c, g.c, pro, g.kh);
-    std::vector<float> grad_row(grad.y ? g.ow * cm : 0);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / g.oh, oh = row % g.oh;
       const int64_t nr = InputsOf(oh, g.kh, g.stride, g.rate, g.pad_top, g.h, rows.data());
-      for (int64_t i = 0; i < nr; ++i) row_index[i] = b * g.h + rows[i].pos;
-      source.Get(row_index.data(), nr, row_ptr.data());
-      const float* dyrow = dy + row * g.ow * cm;
-      if (grad.y) {  // dy from dz, once per output row (depth multiplier 1)
-        for (int64_t p = 0; p < g.ow * cm; p += cm)
-          GradRow(grad_row.data() + p, dyrow + p, grad.y + row * g.ow * cm + p, grad, cm);
-        dyrow = grad_row.data();
-      }
-      const bool fast = interior.hi > interior.lo && WithRows(nr, g.kw, [&](auto rows_c) {
-        InteriorKernelGrad<decltype(rows_c)::value>(acc, row_ptr.data(), rows.data(), dyrow,
-                                                    interior, g.c);
-      });
-      for (int64_t i = 0; i < nr; ++i) {
-        for (int64_t ow = 0; ow < g.ow; ++ow) {
-          if (fast && ow == interior.lo) ow = interior.hi;  // done above
-          if (ow == g.ow) break;
-          for (int64_t j = 0; j < g.kw; ++j) {
-            const int64_t iw = InputIndex(ow, j, g.stride, g.rate, g.pad_left, g.w);
-            if (iw >= 0)
-              MulAccBroadcast(acc + (rows[i].tap * g.kw + j) * cm, row_ptr[i] + iw * g.c,
-                              dyrow + ow * cm, g.c, g.m);
-          }
-        }
-      }
+      for (int64_t i = 0; i < nr; ++i) row_ptr[i] = x + (b * g.h + rows[i].pos) * g.w * g.c;
+      KernelGradRow(g, partial[worker].data(), rows.data(), nr, row_ptr.data(),
+                    dy + row * g.ow * cm, interior);
     }
   });
   SumPartials(dk, partial, taps * cm);
+}
+
+// Both gradients of y = conv(act(x * scale + shift), k) (depth multiplier 1) in one
+// sweep over the output rows, dy from dz through a gradient prologue if any:
+//   dk as KernelGrad computes it from the activated input x';
+//   dx' = the input gradient where the prologue's activation passes it (recomputed
+//   from x), else 0, and sums[c] = sum of dx', sums[C + c] = sum of dx' * x: what the
+//   scale's and shift's gradients, and batch norm's backward pass, need.
+// Each worker makes an output row's dy once, into a ring of the last few rows, adds
+// the row's kernel-gradient products, then computes every input row that this
+// output row is the last to read (all its readers' dy rows are in the ring), masks
+// it and takes its sums while it is in cache. Two separate passes read dz, y and x
+// twice and made dy twice (docs/performance.md).
+void BackwardThroughPrologue(ffi::ThreadPool& pool, const Geometry& g, const float* dz,
+                             const float* k, const float* x, const BiasAct& pro,
+                             const GradPrologue& grad, float* dx, float* dk, float* sums) {
+  const int64_t c = g.c, dy_row = g.ow * c, x_row = g.w * c;
+  // Per image: the input rows each output row reads last; the rows no output reads
+  // (their gradient is 0); and the most consecutive dy rows one input row needs.
+  std::vector<std::vector<int64_t>> last_read_by(g.oh);
+  std::vector<int64_t> unread;
+  int64_t ring = 1;
+  std::vector<TapPair> pairs(g.kh);
+  for (int64_t ih = 0; ih < g.h; ++ih) {
+    const int64_t n = OutputsOf(ih, g.kh, g.stride, g.rate, g.pad_top, g.oh, pairs.data());
+    if (n == 0) {
+      unread.push_back(ih);
+      continue;
+    }
+    int64_t first = pairs[0].pos, last = pairs[0].pos;
+    for (int64_t i = 1; i < n; ++i)
+      first = std::min(first, pairs[i].pos), last = std::max(last, pairs[i].pos);
+    last_read_by[last].push_back(ih);
+    ring = std::max(ring, last - first + 1);
+  }
+  const Interior forward = ForwardInterior(g), backward = InputGradInterior(g);
+  const bool use_interior = UseInterior(g, g.w, backward);
+  const int64_t workers = Workers(pool, g.n * g.oh);
+  std::vector<std::vector<float>> partial(workers, std::vector<float>(g.kh * g.kw * c, 0.f));
+  ChannelSums totals(workers, c);
+  ParallelFor(pool, g.n * g.oh, workers, [&](int64_t begin, int64_t end, int64_t worker) {
+    std::vector<float> made(grad.y ? ring * dy_row : 0);
+    std::vector<const float*> dy(ring);  // output row u's dy at u % ring
+    auto make_dy = [&](int64_t b, int64_t u) {
+      const int64_t at = (b * g.oh + u) * dy_row;
+      if (!grad.y) {
+        dy[u % ring] = dz + at;
+        return;
+      }
+      float* row = made.data() + (u % ring) * dy_row;
+      for (int64_t p = 0; p < dy_row; p += c)
+        GradRow(row + p, dz + at + p, grad.y + at + p, grad, c);
+      dy[u % ring] = row;
+    };
+    std::vector<TapPair> rows(g.kh), readers(g.kh);
+    std::vector<int64_t> row_index(g.kh);
+    std::vector<const float*> row_ptr(g.kh), reader_ptr(g.kh);
+    SourceRows source(x, x_row, c, pro, g.kh);
+    RowScratch scratch(g);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / g.oh, oh = row % g.oh;
+      if (row == begin)  // the rows before this worker's first that its input rows read
+        for (int64_t u = std::max<int64_t>(0, oh - ring + 1); u < oh; ++u) make_dy(b, u);
+      make_dy(b, oh);
+      const int64_t nr = InputsOf(oh, g.kh, g.stride, g.rate, g.pad_top, g.h, rows.data());
+      for (int64_t i = 0; i < nr; ++i) row_index[i] = b * g.h + rows[i].pos;
+      source.Get(row_index.data(), nr, row_ptr.data());
+      KernelGradRow(g, partial[worker].data(), rows.data(), nr, row_ptr.data(), dy[oh % ring],
+                    forward);
+      for (int64_t ih : last_read_by[oh]) {
+        const int64_t n = OutputsOf(ih, g.kh, g.stride, g.rate, g.pad_top, g.oh, readers.data());
+        for (int64_t i = 0; i < n; ++i) reader_ptr[i] = dy[readers[i].pos % ring];
+        float* out = dx + (b * g.h + ih) * x_row;
+        GatherRow(g, readers.data(), n, reader_ptr.data(), g.w, InputGradColumns(g), backward,
+                  use_interior, k, out, {}, scratch);
+        totals.AddRow(worker, out, out, x + (b * g.h + ih) * x_row, pro, g.w);
+      }
+    }
+  });
+  for (int64_t b = 0; b < g.n; ++b)
+    for (int64_t ih : unread) std::memset(dx + (b * g.h + ih) * x_row, 0, sizeof(float) * x_row);
+  SumPartials(dk, partial, g.kh * g.kw * c);
+  totals.Write(sums);
 }
 
 // A k x k convolution of a narrow input (an image's few channels: the stem) to F
@@ -1141,44 +1252,27 @@ ffi::Error KernelGradImpl(ffi::ThreadPool pool, F32 x, F32 dy, F32Out dk, int64_
   return ffi::Error::Success();
 }
 
-// The kernel gradient of the fused forward pass: x read through the same prologue,
-// and dy from dz through the gradient prologue (y, a, b, c1, c2; empty y: dz is dy).
-ffi::Error KernelGradFusedImpl(ffi::ThreadPool pool, F32 x, F32 scale, F32 shift, F32 dy,
-                               F32 y, F32 a, F32 b, F32 c1, F32 c2, F32Out dk,
-                               int64_t stride, int64_t rate, int64_t pad_top,
-                               int64_t pad_left, int64_t input_activation,
-                               int64_t activation) {
-  auto sx = x.dimensions(), sk = dk->dimensions(), sy = dy.dimensions();
+// Both gradients of the fused forward pass through its prologue, as
+// BackwardThroughPrologue says: dk, dx' (N, H, W, C) and sums (2, C); dy from dz
+// through the gradient prologue (y, a, b, c1, c2; empty y: dz is dy).
+ffi::Error BackwardFusedImpl(ffi::ThreadPool pool, F32 dz, F32 y, F32 a, F32 b, F32 c1,
+                             F32 c2, F32 k, F32 x, F32 scale, F32 shift, F32Out dk, F32Out dx,
+                             F32Out sums, int64_t stride, int64_t rate, int64_t pad_top,
+                             int64_t pad_left, int64_t input_activation, int64_t activation) {
+  auto sx = x.dimensions(), sk = k.dimensions(), sy = dz.dimensions();
   if (auto e = CheckRanks(sx.size(), sk.size(), sy.size()); e.failure()) return e;
   if (auto e = CheckPrologue(sx, sk, scale, shift, input_activation); e.failure()) return e;
   if (auto e = CheckGrad(sy, y, a, b, c1, c2, activation); e.failure()) return e;
-  if (y.element_count() != 0 && sk[3] != sx[3])
-    return ffi::Error::InvalidArgument("depthwise_cpu: a gradient prologue needs depth "
-                                       "multiplier 1");
-  KernelGrad(pool, FromShapes(sx, sk, sy, stride, rate, pad_top, pad_left), x.typed_data(),
-             dy.typed_data(), dk->typed_data(), Prologue(scale, shift, input_activation),
-             Grad(y, a, b, c1, c2, activation));
-  return ffi::Error::Success();
-}
-
-// The input gradient of the fused forward pass through its prologue: dx' (N, H, W, C)
-// and sums (2, C), as InputGradThroughPrologue says; dy through the gradient prologue
-// as in KernelGradFusedImpl.
-ffi::Error InputGradFusedImpl(ffi::ThreadPool pool, F32 dy, F32 y, F32 a, F32 b, F32 c1,
-                              F32 c2, F32 k, F32 x, F32 scale, F32 shift, F32Out dx,
-                              F32Out sums, int64_t stride, int64_t rate, int64_t pad_top,
-                              int64_t pad_left, int64_t input_activation,
-                              int64_t activation) {
-  auto sx = x.dimensions(), sk = k.dimensions(), sy = dy.dimensions();
-  if (auto e = CheckRanks(sx.size(), sk.size(), sy.size()); e.failure()) return e;
-  if (auto e = CheckPrologue(sx, sk, scale, shift, input_activation); e.failure()) return e;
-  if (auto e = CheckGrad(sy, y, a, b, c1, c2, activation); e.failure()) return e;
-  if (shift.element_count() == 0 || sums->element_count() != static_cast<size_t>(2 * sx[3]))
-    return ffi::Error::InvalidArgument("depthwise_cpu: needs a shift, and sums of (2, C)");
-  InputGradThroughPrologue(pool, FromShapes(sx, sk, sy, stride, rate, pad_top, pad_left),
-                           dy.typed_data(), k.typed_data(), x.typed_data(),
-                           Prologue(scale, shift, input_activation), dx->typed_data(),
-                           sums->typed_data(), Grad(y, a, b, c1, c2, activation));
+  if (shift.element_count() == 0 || sk[3] != sx[3] ||
+      sums->element_count() != static_cast<size_t>(2 * sx[3]))
+    return ffi::Error::InvalidArgument(
+        "depthwise_cpu: the fused backward pass needs a shift, depth multiplier 1 and sums "
+        "of (2, C)");
+  BackwardThroughPrologue(pool, FromShapes(sx, sk, sy, stride, rate, pad_top, pad_left),
+                          dz.typed_data(), k.typed_data(), x.typed_data(),
+                          Prologue(scale, shift, input_activation),
+                          Grad(y, a, b, c1, c2, activation), dx->typed_data(),
+                          dk->typed_data(), sums->typed_data());
   return ffi::Error::Success();
 }
 
@@ -1279,7 +1373,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(DepthwiseKernelGrad, KernelGradImpl,
                               DEPTHWISE_BINDING());
 // The gradient prologue's operands (y, a, b, c1, c2).
 #define GRAD_PROLOGUE_ARGS() Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
-XLA_FFI_DEFINE_HANDLER_SYMBOL(DepthwiseInputGradFused, InputGradFusedImpl,
+// (dz, y, a, b, c1, c2, kernel, x, scale, shift) -> (dkernel, dx', sums).
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DepthwiseBackwardFused, BackwardFusedImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<F32>()
@@ -1290,17 +1385,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(DepthwiseInputGradFused, InputGradFusedImpl,
                                   .Arg<F32>()
                                   .Ret<F32>()
                                   .Ret<F32>()
-                                  .GEOMETRY_ATTRS()
-                                  .Attr<int64_t>("input_activation")
-                                  .Attr<int64_t>("activation"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(DepthwiseKernelGradFused, KernelGradFusedImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .GRAD_PROLOGUE_ARGS()
                                   .Ret<F32>()
                                   .GEOMETRY_ATTRS()
                                   .Attr<int64_t>("input_activation")
