@@ -267,7 +267,11 @@ def test_fused_backward_pass_at_any_geometry(shape, strides, k, dilation, paddin
   grads = lambda f: jax.jit(jax.grad(lambda *a: jnp.sum(jnp.sin(f(*a))), argnums=range(6)))
   names = ("dx", "dinput_scale", "dinput_shift", "dkernel", "dscale", "dbias")
   for name, a, b in zip(names, grads(native)(*args), grads(reference)(*args), strict=True):
-    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-3, err_msg=name)
+    # A parameter's gradient sums up to 1,620 terms per channel in float32, in another
+    # order than lax's: where they cancel, the rounding is relative to the terms (the
+    # largest gradient), not to the sum (0.2% of a 1.96 among 566s under jax 0.7.2).
+    np.testing.assert_allclose(a, b, atol=1e-5 * float(jnp.max(jnp.abs(b))) + 1e-4,
+                               rtol=1e-3, err_msg=name)
 
 
 def fused_operands(hlo: str, target: str):
