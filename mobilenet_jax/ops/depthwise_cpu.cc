@@ -689,7 +689,7 @@ void KernelGradRow(const Geometry& g, float* acc, const TapPair* rows, int64_t n
   }
 }
 
-// Workers for a pass over `rows` output rows that keeps one accumulator each.
+// Workers for a pass over `rows` rows (or blocks) that keeps one accumulator each.
 inline int64_t Workers(ffi::ThreadPool& pool, int64_t rows) {
   return std::max<int64_t>(1, std::min(pool.num_threads(), rows));
 }
@@ -941,7 +941,7 @@ void NarrowKernelGrad(ffi::ThreadPool& pool, const Geometry& g, const float* x,
   const int64_t size = g.kh * g.kw * g.c * features, f8 = features / 8 * 8;
   const Interior in = ForwardInterior(g);  // columns whose taps all read inside x
   const int64_t lo = in.lo, hi = in.hi, step = g.stride * g.c, taps_max = g.kh * g.kw;
-  const int64_t workers = std::max<int64_t>(1, std::min(pool.num_threads(), g.n * g.oh));
+  const int64_t workers = Workers(pool, g.n * g.oh);
   std::vector<std::vector<float>> partial(workers, std::vector<float>(size, 0.f));
   ParallelFor(pool, g.n * g.oh, workers, [&](int64_t begin, int64_t end, int64_t worker) {
     float* acc = partial[worker].data();
@@ -1086,7 +1086,7 @@ void PointwiseKernelGradSums(ffi::ThreadPool& pool, const float* x, const float*
                              int64_t pixels, int64_t channels, int64_t features) {
   constexpr int64_t kBlock = 32;  // pixels a tile reads: (C + F) * 128 bytes, in L1
   const int64_t blocks = (pixels + kBlock - 1) / kBlock, size = channels * features;
-  const int64_t workers = std::max<int64_t>(1, std::min(pool.num_threads(), blocks));
+  const int64_t workers = Workers(pool, blocks);
   std::vector<std::vector<float>> partial(workers, std::vector<float>(size, 0.f));
   ParallelFor(pool, blocks, workers, [&](int64_t begin, int64_t end, int64_t worker) {
     float* acc = partial[worker].data();
