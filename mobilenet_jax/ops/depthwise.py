@@ -226,14 +226,13 @@ def _grads_through_prologue(x, scale, shift, kernel, dy, grad_prologue, input_ac
   attributes = dict(geometry=geometry, input_activation=ACTIVATION_CODES[input_activation],
                     activation=ACTIVATION_CODES[activation])
   grad_prologue = [vary_like(a, x) for a in grad_prologue]
-  # The gradient by x' where the activation passes it, and its sums by channel
-  # (plain and times x): the shift's and the scale's gradients.
-  dkernel, dpre, sums = native.call(
+  # The gradient by x (by x' where the activation passes it, times the scale), and
+  # the sums by channel of the one by x' (plain and times x): the shift's and the
+  # scale's gradients.
+  dkernel, dx, sums = native.call(
       "DepthwiseBackwardFused", [kernel.shape, x.shape, (2, x.shape[-1])], dy, *grad_prologue,
       kernel, x, scale, shift, **attributes)
-  if scale.size == 0:
-    return dpre, scale, sums[0], dkernel
-  return dpre * scale, sums[1], sums[0], dkernel
+  return dx, (scale if scale.size == 0 else sums[1]), sums[0], dkernel
 
 
 _native_fused.defvjp(_native_fused_fwd, _native_fused_bwd)
