@@ -1,4 +1,6 @@
-"""The 1x1 products' kernel gradient by the native kernel, against XLA's dot."""
+"""The 1x1 products' kernel gradient by the native kernel, against XLA's dot, and
+an expansion's batch statistics from its input (product_sums), against the
+product's own sums."""
 
 import functools
 
@@ -76,6 +78,10 @@ def test_model_same_with_native_kernel_gradients_or_xla_s(name, monkeypatch):
     step = jax.jit(jax.value_and_grad(loss))
     return step.lower(variables["params"]).as_text(), step(variables["params"])
 
+  # The expansions' statistics as the products' own sums in both: from the inputs,
+  # their rounding differs with the thresholds below, and at 1x1 pixels and batch 2
+  # this network's loss moves with it (test_product_sums_* checks those).
+  monkeypatch.setattr(pw, "SUMS_FROM_INPUT_MIN_RATIO", 10**6)
   monkeypatch.setattr(pw, "NATIVE_GRAD_MIN_PIXELS", 0)
   monkeypatch.setattr(pw, "NATIVE_GRAD_MAX_FEATURES", 10**6)
   hlo_native, (l_native, g_native) = loss_and_grads()
@@ -85,3 +91,63 @@ def test_model_same_with_native_kernel_gradients_or_xla_s(name, monkeypatch):
   np.testing.assert_allclose(l_native, l_xla, rtol=1e-5, atol=1e-5)
   for a, b in zip(jax.tree.leaves(g_native), jax.tree.leaves(g_xla)):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+
+
+def direct_sums(x, kernel):
+  y = jnp.dot(x, kernel, precision="highest")
+  return jnp.stack([jnp.sum(y, axis=0), jnp.sum(y * y, axis=0)])
+
+
+# Centered inputs (a linear bottleneck's), and all-positive ones with a mean three
+# times their spread (a ReLU6 bottleneck's), whose Gram matrix sums terms of both
+# signs into sum(y * y); the native Gram product (1,027 pixels) and XLA's (300).
+@pytest.mark.parametrize("pixels, shift", [(1027, 0.0), (1027, 3.0), (300, 3.0)])
+def test_product_sums_are_the_sums_of_the_product_and_of_its_square(pixels, shift,
+                                                                     monkeypatch):
+  monkeypatch.setattr(pw, "NATIVE_GRAD_MIN_PIXELS", 1000)
+  x = jax.random.normal(jax.random.key(0), (pixels, 13)) + shift
+  kernel = jax.random.normal(jax.random.key(1), (13, 78))
+  sums, ref = jax.jit(pw.product_sums)(x, kernel), direct_sums(x, kernel)
+  np.testing.assert_allclose(sums, ref, rtol=2e-5, atol=2e-5 * float(jnp.max(ref[1])))
+  # The moments batch norm takes from them: variance to 1e-5 of E[y^2].
+  n = pixels
+  var, var_ref = (s[1] / n - (s[0] / n) ** 2 for s in (sums, ref))
+  np.testing.assert_allclose(var, var_ref, atol=1e-5 * float(jnp.max(ref[1] / n)))
+
+
+def test_product_sums_gradients_match_those_of_the_product_s_sums():
+  x = jax.random.normal(jax.random.key(0), (1027, 16)) + 1.0
+  kernel = jax.random.normal(jax.random.key(1), (16, 96))
+  weights = jax.random.normal(jax.random.key(2), (2, 96))
+  grads = lambda sums: jax.jit(jax.grad(lambda x, k: jnp.sum(jnp.sin(sums(x, k) / 1e3)
+                                                             * weights), argnums=(0, 1)))
+  for a, b in zip(grads(pw.product_sums)(x, kernel), grads(direct_sums)(x, kernel)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(b))))
+
+
+def test_product_sums_under_data_parallel_are_each_device_s(data_parallel_grads):
+  """Inside shard_map each device's sums are its shard's (batch norm adds them over
+  devices); the kernel's gradient is summed over devices, the input's is the shard's."""
+  x = jax.random.normal(jax.random.key(0), (8, 9, 9, 12))
+  kernel = jax.random.normal(jax.random.key(1), (12, 48))
+
+  def grads(sums, x, kernel):
+    loss = lambda x, k: jnp.sum(jnp.sin(sums(x.reshape(-1, 12), k) / 100))
+    return jax.grad(loss, argnums=(0, 1))(x, kernel)
+
+  dx, dkernel = data_parallel_grads(functools.partial(grads, pw.product_sums), x, kernel)
+  devices = jax.device_count()
+  shards = x.reshape(devices, -1, 9, 9, 12)
+  ref = [grads(direct_sums, shard, kernel) for shard in shards]
+  np.testing.assert_allclose(dx, jnp.concatenate([r[0] for r in ref]), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(dkernel, sum(r[1] for r in ref), rtol=1e-4, atol=1e-4)
+
+
+def test_statistics_come_from_the_input_only_for_float32_expansions_on_native_cpu():
+  ratio = pw.SUMS_FROM_INPUT_MIN_RATIO
+  assert pw.sums_from_input(16, 96, jnp.float32, "auto")  # V2's expansions (6x)
+  assert pw.sums_from_input(16, 16 * ratio, jnp.float32, "native")
+  assert not pw.sums_from_input(16, 16 * ratio - 1, jnp.float32, "auto")  # V1's, projections
+  assert not pw.sums_from_input(16, 96, jnp.bfloat16, "auto")
+  assert not pw.sums_from_input(16, 96, jnp.float32, "lax")
+  assert not pw.sums_from_input(16, 96, jnp.float32, "shift")

@@ -20,7 +20,7 @@ from mobilenet_jax.ops.conv import Conv, KernelParam, conv
 from mobilenet_jax.ops.depthwise import IMPL_FNS as depthwise_fns
 from mobilenet_jax.ops.depthwise import (DepthwiseConv, depthwise_batchnorm, depthwise_bias_act,
                                          resolve_impl)
-from mobilenet_jax.ops.pointwise import Pointwise, pointwise
+from mobilenet_jax.ops.pointwise import Pointwise, pointwise, sums_from_input
 from mobilenet_jax.ops import quantize
 
 Padding = Union[str, Sequence[Tuple[int, int]]]
@@ -74,13 +74,17 @@ class ConvBN(nn.Module):
     if native and depthwise and self.reads_pending(x) and not defer:
       # Training (folds returned): both batch norms are applied in the native passes.
       return self.batch_norm(train, frozen)(x.raw, normalize=self.normalizing_depthwise(x))
-    x = self.convolution(value(x))
+    x, deferred = value(x), native and defer and train
     if s.batchnorm_impl == "flax":  # the reference the fused form is tested against
       x = nn.BatchNorm(use_running_average=not train or frozen, momentum=s.bn_momentum,
                        epsilon=s.bn_epsilon, axis_name=s.bn_axis_name, dtype=s.dtype,
-                       name="bn")(x)
+                       name="bn")(self.convolution(x))
       return activate(x, self.activation)
-    return self.batch_norm(train, frozen)(x, defer=native and defer and train)
+    if deferred and self.sums_from_input(x):
+      # An expansion: its batch statistics from its input (ops/pointwise.py).
+      y, sums = self.convolution(x, with_sums=True)
+      return self.batch_norm(train, frozen)(y, defer=True, sums=sums)
+    return self.batch_norm(train, frozen)(self.convolution(x), defer=deferred)
 
   def batch_norm(self, train: bool, frozen: bool):
     s = self.settings
@@ -88,18 +92,28 @@ class ConvBN(nn.Module):
                         epsilon=s.bn_epsilon, axis_name=s.bn_axis_name,
                         activation=self.activation, dtype=s.dtype, name="bn")
 
-  def convolution(self, x):
-    """The layer's convolution, as its kind and the settings choose."""
+  def convolution(self, x, with_sums: bool = False):
+    """The layer's convolution, as its kind and the settings choose; `with_sums`
+    (a 1x1 product only), with its output's sums (Pointwise)."""
     s = self.settings
     if self.groups > 1 and self.groups == x.shape[-1]:
       return DepthwiseConv(self.features, self.kernel_size, self.strides,
                            self.padding, s.depthwise_impl, s.dtype,
                            dilation=self.dilation, kernel_init=s.initializer(), name="conv")(x)
-    if self.kernel_size == 1 and self.strides == 1 and self.groups == 1:
+    if self.is_pointwise():
       return Pointwise(self.features, s.dtype, s.pointwise_impl, s.initializer(),
-                       s.depthwise_impl, name="conv")(x)
+                       s.depthwise_impl, name="conv")(x, with_sums=with_sums)
     return Conv(self.features, self.kernel_size, self.strides, self.padding, self.dilation,
                 self.groups, s.depthwise_impl, s.dtype, s.initializer(), name="conv")(x)
+
+  def is_pointwise(self) -> bool:
+    return self.kernel_size == 1 and self.strides == 1 and self.groups == 1
+
+  def sums_from_input(self, x) -> bool:
+    """Whether this layer's batch statistics come from its input (an expansion)."""
+    s = self.settings
+    return self.is_pointwise() and sums_from_input(x.shape[-1], self.features, s.dtype,
+                                                   s.depthwise_impl)
 
   def reads_pending(self, x) -> bool:
     """Whether this depthwise layer applies x's pending batch norm itself (the

@@ -196,13 +196,14 @@ class BatchNormAct(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, defer: bool = False, normalize=None):
+  def __call__(self, x, defer: bool = False, normalize=None, sums=None):
     """act(BatchNorm(x)); with `defer` in training, the PreActivation that stands
     for it (its consumer, the native depthwise layer, applies it): the statistics
     (both sums in one native pass) and running averages are the same, and autodiff
     takes the gradient through them. `normalize(scale, bias) -> (out, mean, var)`,
     in training, is a layer that normalizes its own output in its passes (the
-    native depthwise layer); x then only gives the channels and device axes."""
+    native depthwise layer); x then only gives the channels and device axes.
+    `sums`, with `defer`: x's sums as native_sums gives them, computed already."""
     scale, bias, ra_mean, ra_var = declare_variables(self, x.shape[-1])
     x32 = x.astype(jnp.float32)
     if self.use_running_average:
@@ -210,7 +211,8 @@ class BatchNormAct(nn.Module):
       return activate(x32 * a + b, self.activation).astype(self.dtype)
     scale, bias = vary_like(scale, x32), vary_like(bias, x32)
     if defer:
-      mean, var = moments_from_sums(native_sums(x32), count(x32), self.axis_name)
+      sums = native_sums(x32) if sums is None else sums
+      mean, var = moments_from_sums(sums, count(x32), self.axis_name)
       a, b = fold(scale, bias, mean, var, self.epsilon)
       out = PreActivation(x.astype(self.dtype), b, self.activation, scale=a)
     else:

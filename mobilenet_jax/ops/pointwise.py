@@ -7,6 +7,12 @@ output features takes its kernel gradient from the native kernel
 contractions at a third to a quarter of the speed the kernel's register tiles reach
 (docs/performance.md, "AMD EPYC, Zen 4"). The forward product and the input
 gradient stay XLA's. tests/pointwise_test.py checks both gradients against XLA's.
+
+In training, an expansion (many more output features than input channels) whose
+batch norm is applied by the native depthwise layer after it takes that batch norm's
+statistics from its input instead of its output (`product_sums`): in V2's train step
+on a Zen 4 EPYC, 1.04x faster in the median of six alternated pairs
+(docs/performance.md, "An expansion's statistics from its input").
 """
 
 from typing import Callable
@@ -27,6 +33,13 @@ POINTWISE_IMPLS = ("dot", "conv")
 # (docs/performance.md, "AMD EPYC, Zen 4").
 NATIVE_GRAD_MIN_PIXELS = 50_000
 NATIVE_GRAD_MAX_FEATURES = 64
+# A product with at least this many times more output features than input channels
+# (an inverted residual's expansion) takes its batch statistics from its input:
+# product_sums. Measured at ratio 6 (V2's). The Gram products add 2/(3 * ratio) to the
+# layer's product work and save about four passes over its output: by that estimate
+# a gain from about ratio 2 at V2's widths, so 4 keeps a margin; V1's 1x1 layers
+# (ratio 1 and 2) keep their own sums.
+SUMS_FROM_INPUT_MIN_RATIO = 4
 
 
 class Pointwise(nn.Module):
@@ -47,12 +60,24 @@ class Pointwise(nn.Module):
   depthwise_impl: str = "auto"
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, with_sums: bool = False):
+    """The product; `with_sums` (float32, the native kernels in use), the pair
+    (product, product_sums of it)."""
     check_choice("pointwise_impl", self.impl, POINTWISE_IMPLS)
     kernel = self.param("kernel", self.kernel_init,
                         (1, 1, x.shape[-1], self.features))
-    return pointwise(x.astype(self.dtype), kernel.astype(self.dtype), self.impl,
-                     self.depthwise_impl)
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    y = pointwise(x, kernel, self.impl, self.depthwise_impl)
+    if not with_sums:
+      return y
+    x2 = x.reshape(-1, x.shape[-1])
+    return y, product_sums(x2, kernel[0, 0])
+
+
+def sums_from_input(channels: int, features: int, dtype, depthwise_impl: str) -> bool:
+  """Whether a product's batch statistics are cheaper from its input (product_sums)."""
+  return (features >= SUMS_FROM_INPUT_MIN_RATIO * channels and dtype == jnp.float32
+          and resolve_impl(depthwise_impl) == "native")
 
 
 def uses_native_grad(pixels: int, features: int, dtype, depthwise_impl: str) -> bool:
@@ -95,3 +120,44 @@ def _dot_native_grad_bwd(residuals, dy):
 
 
 dot_native_grad.defvjp(_dot_native_grad_fwd, _dot_native_grad_bwd)
+
+
+def gram(x):
+  """x.T @ x for x (P, C): by the native kernel where it takes such a product."""
+  if uses_native_grad(x.shape[0], x.shape[1], x.dtype, "native"):
+    return native.call("PointwiseKernelGrad", (x.shape[1],) * 2, x, x)
+  return jnp.dot(x.T, x)
+
+
+def product_sums(x, kernel):
+  """(2, F): the sums over the P pixels of y = x @ kernel (x (P, C), float32) and of
+  y * y, as batch norm's statistics of y need them, from x alone: sum(y) = sum(x) @
+  kernel and sum(y * y) = diag(kernel.T @ (x.T @ x) @ kernel). For an expansion
+  (F = 6C) this reads x, a sixth of y's size, and its gradient leaves y's alone;
+  summing y instead reads y in the forward pass and adds a pass over y's gradient.
+  Both are E[y^2] computed before E[y]^2 is taken from it, as flax does."""
+  return _product_sums(x, vary_like(kernel, x))  # as dot_native_grad's kernel
+
+
+@jax.custom_vjp
+def _product_sums(x, kernel):
+  return _product_sums_fwd(x, kernel)[0]
+
+
+def _product_sums_fwd(x, kernel):
+  sum_x, g = jnp.sum(x, axis=0), gram(x)
+  sums = jnp.stack([sum_x @ kernel, jnp.sum(kernel * (g @ kernel), axis=0)])
+  return sums, (x, kernel, sum_x, g)
+
+
+def _product_sums_bwd(residuals, dsums):
+  x, kernel, sum_x, g = residuals
+  d0, d1 = dsums
+  # sum(y * y)[f] = k_f.T G k_f: its gradient by G is K diag(d1) K.T, and by x
+  # (G = x.T x, symmetric) twice x times that.
+  dx = x @ (2 * (kernel * d1) @ kernel.T) + kernel @ d0
+  dkernel = jnp.outer(sum_x, d0) + 2 * (g @ kernel) * d1
+  return dx, dkernel
+
+
+_product_sums.defvjp(_product_sums_fwd, _product_sums_bwd)
