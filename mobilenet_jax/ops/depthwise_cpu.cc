@@ -200,19 +200,19 @@ void GradRow(float* __restrict dy, const float* dz, const float* y, const GradPr
 // Per-channel sums of v and v * x over rows, v = src where act(x * scale + shift)
 // passes the gradient (`mask`; src itself with none): each row's block of channels
 // summed in registers, rows added in double per worker, so a sum over a whole batch
-// keeps its precision. With `dst`, v is stored there (masking src in place), times
-// `dst_scale` if given.
+// keeps its precision. With `dst`, v times the mask's scale (the gradient by x, where
+// v is the one by x * scale + shift) is stored there.
 class ChannelSums {
  public:
   ChannelSums(int64_t workers, int64_t channels)
       : c_(channels), partial_(workers, std::vector<double>(2 * channels, 0.0)) {}
 
   void AddRow(int64_t worker, const float* src, float* dst, const float* x, const BiasAct& mask,
-              int64_t width, const float* dst_scale = nullptr) {
+              int64_t width) {
     double* acc = partial_[worker].data();
     int64_t i = 0;
-    for (; i + 32 <= c_; i += 32) AddBlock<4>(acc, i, src, dst, x, mask, width, dst_scale);
-    for (; i + 8 <= c_; i += 8) AddBlock<1>(acc, i, src, dst, x, mask, width, dst_scale);
+    for (; i + 32 <= c_; i += 32) AddBlock<4>(acc, i, src, dst, x, mask, width);
+    for (; i + 8 <= c_; i += 8) AddBlock<1>(acc, i, src, dst, x, mask, width);
     for (; i < c_; ++i) {
       float s1 = 0.f, s2 = 0.f;
       for (int64_t p = i; p < width * c_; p += c_) {
@@ -220,7 +220,7 @@ class ChannelSums {
         float v = src[p];
         if (mask.bias)
           v = Passes((mask.scale ? xv * mask.scale[i] : xv) + mask.bias[i], mask.activation, v);
-        if (dst) dst[p] = dst_scale ? v * dst_scale[i] : v;
+        if (dst) dst[p] = mask.scale ? v * mask.scale[i] : v;
         s1 += v, s2 += v * xv;
       }
       acc[i] += s1, acc[c_ + i] += s2;
@@ -240,12 +240,11 @@ class ChannelSums {
   // Channels [i, i + 8 * U) of one row, its sums in 2 * U registers.
   template <int U>
   void AddBlock(double* acc, int64_t i, const float* src, float* dst, const float* x,
-                const BiasAct& mask, int64_t width, const float* dst_scale) const {
-    V8 s1[U] = {}, s2[U] = {}, a[U], b[U], d[U];
+                const BiasAct& mask, int64_t width) const {
+    V8 s1[U] = {}, s2[U] = {}, a[U], b[U];
     for (int u = 0; u < U; ++u) {
       a[u] = mask.scale ? Load8(mask.scale + i + 8 * u) : V8{} + 1.f;
       b[u] = mask.bias ? Load8(mask.bias + i + 8 * u) : V8{};
-      d[u] = dst_scale ? Load8(dst_scale + i + 8 * u) : V8{} + 1.f;
     }
     for (int64_t p = i; p < width * c_; p += c_) {
       for (int u = 0; u < U; ++u) {
@@ -254,7 +253,7 @@ class ChannelSums {
         const V8 xv = Load8(x + p + 8 * u);
         V8 v = Load8(src + p + 8 * u);
         if (mask.bias) v = Passes(xv * a[u] + b[u], mask.activation, v);
-        if (dst) Store8(dst + p + 8 * u, dst_scale ? v * d[u] : v);
+        if (dst) Store8(dst + p + 8 * u, v * a[u]);  // a: the scale, or 1
         s1[u] += v, s2[u] += v * xv;
       }
     }
@@ -791,7 +790,7 @@ void BackwardThroughPrologue(ffi::ThreadPool& pool, const Geometry& g, const flo
         float* out = dx + (b * g.h + ih) * x_row;
         GatherRow(g, readers.data(), n, reader_ptr.data(), g.w, InputGradColumns(g), backward,
                   use_interior, k, out, {}, scratch);
-        totals.AddRow(worker, out, out, x + (b * g.h + ih) * x_row, pro, g.w, pro.scale);
+        totals.AddRow(worker, out, out, x + (b * g.h + ih) * x_row, pro, g.w);
       }
     }
   });
