@@ -184,8 +184,8 @@ constexpr int64_t kAhead = 2048;
 // while they compute. So where they read a row they ask for the row they will read
 // next into L2 (prefetch locality 1): the input `kRowsAhead` rows on (a stride-2 output
 // row reads two new input rows), and dz and y one output row on. On the Zen 4 EPYC
-// the depthwise layer's training passes at 32x112x112x96, stride 2, took 36 ms
-// instead of 43 (docs/performance.md, "Rows read ahead").
+// a training step of a 32x112x112x96, stride-2 depthwise layer with its batch norms
+// took 36 ms instead of 42 (docs/performance.md, "Rows read ahead").
 constexpr int64_t kRowsAhead = 2;
 
 // dy of `n` channels from rows dz and y (GradPrologue); `ahead` floats further on,
