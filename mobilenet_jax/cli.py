@@ -13,8 +13,17 @@ from mobilenet_jax.errors import ConfigError
 OVERRIDE = "--config."
 
 
+def error_line(message: str):
+  """Writes "error: message" to stderr as a line of its own, in one write. In a
+  multi-process job JAX's distributed client and Gloo log from their own threads,
+  in pieces: a line of theirs once wrapped around ours ("[Gloo] Rank 0 is connected
+  to error: ... 1 peer ranks."), so ours starts on a new line."""
+  sys.stderr.write(f"\nerror: {message}\n")
+  sys.stderr.flush()
+
+
 def fail(message: str, status: int = 2):
-  print(f"error: {message}", file=sys.stderr)
+  error_line(message)
   sys.exit(status)
 
 

@@ -59,10 +59,10 @@ def main(argv):
 def lost_peer(error: Exception):
   """Another process died mid-collective: say so and exit at once. A normal
   exit would wait in JAX's shutdown barrier for the dead process, then abort."""
-  print(f"error: process {jax.process_index()} of {jax.process_count()} lost "
-        f"contact with the job ({str(error).splitlines()[0]}). The checkpoints in "
-        f"{FLAGS.workdir} are intact: restart all processes with the same command "
-        "to resume from the last one.", file=sys.stderr, flush=True)
+  cli.error_line(f"process {jax.process_index()} of {jax.process_count()} lost "
+                 f"contact with the job ({str(error).splitlines()[0]}). The checkpoints "
+                 f"in {FLAGS.workdir} are intact: restart all processes with the same "
+                 "command to resume from the last one.")
   sys.stdout.flush()
   os._exit(3)
 

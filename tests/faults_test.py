@@ -34,6 +34,18 @@ def one_line(err: str) -> str:
   return lines[0]
 
 
+def test_the_error_line_stands_on_its_own_after_a_library_s_partial_line():
+  """In a job of two processes, Gloo's log line, written in pieces from its own
+  thread, once wrapped around the error line; the error starts a line of its own."""
+  code = ("import sys; from mobilenet_jax import cli; "
+          "sys.stderr.write('[Gloo] Rank 0 is connected to '); sys.stderr.flush(); "
+          "cli.fail('--workdir is in use by another run.')")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        cwd=ROOT, timeout=120)
+  assert proc.returncode == 2
+  assert one_line(proc.stderr) == "error: --workdir is in use by another run."
+
+
 def wait_for(path, proc=None, timeout=300):
   deadline = time.time() + timeout
   while not os.path.exists(path):
