@@ -10,6 +10,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from mobilenet_jax import parallel
+from mobilenet_jax.ops import native
 from mobilenet_jax.ops.batchnorm import BatchNormAct, value
 
 REFERENCE_ACTIVATIONS = {"relu6": jax.nn.relu6, "relu": jax.nn.relu, "linear": lambda y: y}
@@ -109,6 +110,27 @@ def test_matches_flax_across_devices(sync, defer):
   np.testing.assert_allclose(got[0], want[0], atol=1e-4)
   for a, b in zip(jax.tree.leaves(got[1:]), jax.tree.leaves(want[1:])):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+
+
+# 11 channels: AddBlock's registers and scalar tail; 40 and 99: the pass in the order
+# of memory (more than 32 channels), with and without a scalar tail.
+@pytest.mark.parametrize("channels", [11, 40, 99])
+@pytest.mark.parametrize("activation", [0, 2])  # linear, ReLU6
+def test_native_channel_sums_are_the_masked_sums_in_float64(channels, activation):
+  """MaskedChannelSums (batch norm's sums on CPU): sum of v and of v * y over all but
+  the channel axis, v = dz where act(y * a + b) passes the gradient, over several
+  rows of several pixels (the pass's per-row sums and its workers' partial sums)."""
+  rng = np.random.default_rng(channels)
+  shape = (3, 6, 7, channels)
+  dz, y = rng.standard_normal(shape, np.float32), 4 * rng.standard_normal(shape, np.float32)
+  a, b = (rng.standard_normal(channels, np.float32) for _ in range(2))
+  got = native.call("MaskedChannelSums", (2, channels), *map(jnp.asarray, (dz, y, a, b)),
+                    activation=activation)
+  pre, v = y.astype(np.float64) * a + b, dz.astype(np.float64)
+  if activation == 2:
+    v = np.where((pre > 0) & (pre < 6), v, 0.0)
+  want = np.stack([v.sum(axis=(0, 1, 2)), (v * y).sum(axis=(0, 1, 2))])
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
 def test_bfloat16_computes_statistics_in_float32():

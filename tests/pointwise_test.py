@@ -90,7 +90,10 @@ def test_model_same_with_native_kernel_gradients_or_xla_s(name, monkeypatch):
   assert TARGET in hlo_native and TARGET not in hlo_xla
   np.testing.assert_allclose(l_native, l_xla, rtol=1e-5, atol=1e-5)
   for a, b in zip(jax.tree.leaves(g_native), jax.tree.leaves(g_xla)):
-    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+    # Gradients here reach 4e5 (batch norm over two values): a sum's rounding at that
+    # scale moves an element that cancels to about 100 by 0.2, so the absolute
+    # tolerance is a millionth of the tensor's largest gradient.
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=max(1e-4, 1e-6 * np.abs(b).max()))
 
 
 def direct_sums(x, kernel):
