@@ -39,6 +39,7 @@ from typing import Dict, List, Optional
 from absl import flags, logging
 from ml_collections import config_flags
 
+from mobilenet_jax import cli
 from mobilenet_jax.errors import ConfigError
 
 GIB = 2 ** 30
@@ -532,13 +533,12 @@ def main(argv):
         "not measurements on the chips.")
   for r in unfit:
     largest = r.get("largest_batch")
-    print(f"error: per_device_batch_size={r['per_device_batch']} does not fit on "
-          f"{r['target']} in {r['dtype']} ({r['hbm_capacity'] / GIB:.0f} GiB of HBM per "
-          f"chip); use --config.per_device_batch_size={largest} or less."
-          if largest else
-          f"error: per_device_batch_size={r['per_device_batch']} does not fit on "
-          f"{r['target']} in {r['dtype']}; lower --config.per_device_batch_size.",
-          file=sys.stderr)
+    cli.error_line(f"per_device_batch_size={r['per_device_batch']} does not fit on "
+                   f"{r['target']} in {r['dtype']} ({r['hbm_capacity'] / GIB:.0f} GiB of "
+                   f"HBM per chip); use --config.per_device_batch_size={largest} or less."
+                   if largest else
+                   f"per_device_batch_size={r['per_device_batch']} does not fit on "
+                   f"{r['target']} in {r['dtype']}; lower --config.per_device_batch_size.")
   if unfit:
     sys.exit(2)
 
@@ -546,7 +546,6 @@ def main(argv):
 def run():
   """The `mobilenet-aot` console script."""
   os.environ.setdefault("JAX_PLATFORMS", "cpu")  # may be too late if JAX started: -m is sure
-  from mobilenet_jax import cli
   define_flags()
   cli.run(main)
 
