@@ -217,11 +217,11 @@ class ChannelSums {
         row_(workers, std::vector<float>(2 * channels)) {}
 
   // AddRow without dst, for a row read from memory: pixel by pixel in the order memory
-  // holds it, the row's sums in a per-worker buffer (in L1), added in the same order,
-  // so the sums are the same. AddRow's blocks of channels each sweep the row's pixels
-  // a whole pixel apart, a stream per pixel, more than the hardware prefetcher follows
-  // (32x56x56x128: 24 GB/s, against XLA's sum at 35; docs/performance.md, "Channel
-  // sums in the order of memory").
+  // holds it, the row's sums in a per-worker buffer (in L1), each channel's pixels
+  // summed in the same order as AddRow's. AddRow's blocks of channels each sweep the
+  // row a whole pixel apart, a stream per pixel, more than the hardware prefetcher
+  // follows (32x56x56x128: 24 GB/s, against XLA's sum at 35; docs/performance.md,
+  // "Channel sums in the order of memory").
   void AddRowInOrder(int64_t worker, const float* src, const float* x, const BiasAct& mask,
                      int64_t width) {
     if (c_ <= 32) return AddRow(worker, src, nullptr, x, mask, width);
@@ -245,8 +245,7 @@ class ChannelSums {
       }
       for (; i < c; ++i) {
         const float xv = x[p + i];
-        float v = src[p + i];
-        if (e.bias) v = Passes((e.scale ? xv * e.scale[i] : xv) + e.bias[i], e.activation, v);
+        const float v = Masked(xv, src[p + i], e, i);
         s1[i] += v, s2[i] += v * xv;
       }
     }
@@ -264,9 +263,7 @@ class ChannelSums {
       float s1 = 0.f, s2 = 0.f;
       for (int64_t p = i; p < width * c_; p += c_) {
         const float xv = x[p];
-        float v = src[p];
-        if (mask.bias)
-          v = Passes((mask.scale ? xv * mask.scale[i] : xv) + mask.bias[i], mask.activation, v);
+        const float v = Masked(xv, src[p], mask, i);
         if (dst) dst[p] = mask.scale ? v * mask.scale[i] : v;
         s1 += v, s2 += v * xv;
       }
@@ -284,6 +281,11 @@ class ChannelSums {
   }
 
  private:
+  // v where act(x * scale + shift) passes the gradient at channel i (v with no mask).
+  static float Masked(float xv, float v, const BiasAct& e, int64_t i) {
+    return e.bias ? Passes((e.scale ? xv * e.scale[i] : xv) + e.bias[i], e.activation, v) : v;
+  }
+
   // Channels [i, i + 8 * U) of one row, its sums in 2 * U registers.
   template <int U>
   void AddBlock(double* acc, int64_t i, const float* src, float* dst, const float* x,
