@@ -188,6 +188,34 @@ constexpr int64_t kAhead = 2048;
 // took 36 ms instead of 42 (docs/performance.md, "Rows read ahead").
 constexpr int64_t kRowsAhead = 2;
 
+// The pixel stride (floats) of rows the passes keep in buffers of their own (input
+// rows through a prologue, dy rows, the kernel's taps). A multiple of 256 channels
+// (1 KB) puts a pixel's values, and a tap's, in the same few of L1's 64 sets as its
+// neighbours', so the taps of one block of channels evict each other: at 32x14x14x512
+// the backward pass took 1.3-1.4x as long as at 504 channels. A cache line of padding
+// spreads them over every set (docs/performance.md, "Rows padded against cache-set
+// conflicts").
+inline int64_t PaddedStride(int64_t c) { return c % 256 == 0 ? c + 16 : c; }
+
+// A depth-multiplier-1 kernel's taps (C floats each), PaddedStride(C) floats apart:
+// copied where that is not C.
+class KernelTaps {
+ public:
+  KernelTaps(const float* k, int64_t taps, int64_t c) : ld_(PaddedStride(c)), data_(k) {
+    if (ld_ == c) return;
+    copy_.assign(taps * ld_, 0.f);
+    for (int64_t t = 0; t < taps; ++t)
+      std::memcpy(copy_.data() + t * ld_, k + t * c, sizeof(float) * c);
+    data_ = copy_.data();
+  }
+  const float* Tap(int64_t t) const { return data_ + t * ld_; }
+
+ private:
+  int64_t ld_;
+  const float* data_;
+  std::vector<float> copy_;
+};
+
 // dy of `n` channels from rows dz and y (GradPrologue); `ahead` floats further on,
 // the next row's values are asked for into L2.
 void GradRow(float* __restrict dy, const float* dz, const float* y, const GradPrologue& p,
@@ -376,8 +404,11 @@ class SourceRows {
   SourceRows(const float* src, int64_t row_size, int64_t channels, const BiasAct& prologue,
              int64_t slots)
       : src_(src), row_size_(row_size), channels_(channels), prologue_(prologue),
-        tags_(Cached() ? slots : 0, -1), used_(tags_.size()),
-        cache_(Cached() ? slots * row_size : 0) {}
+        ld_(Cached() ? PaddedStride(channels) : channels), tags_(Cached() ? slots : 0, -1),
+        used_(tags_.size()), cache_(Cached() ? slots * (row_size / channels) * ld_ : 0) {}
+
+  // The pixel stride (floats) of the rows Get points to.
+  int64_t stride() const { return ld_; }
 
   // Pointers to source rows `index[0..n)` (row numbers in the whole source).
   void Get(const int64_t* index, int64_t n, const float** rows) {
@@ -402,22 +433,23 @@ class SourceRows {
 
  private:
   bool Cached() const { return prologue_.bias != nullptr; }
-  float* Slot(size_t s) { return cache_.data() + s * row_size_; }
+  float* Slot(size_t s) { return cache_.data() + s * (row_size_ / channels_) * ld_; }
   void Activate(float* dst, int64_t offset) const {
     const float* src = src_ + offset;
     const BiasAct e = prologue_;  // in registers, not reloaded through `this`
-    for (int64_t p = 0; p < row_size_; p += channels_) {
+    for (int64_t p = 0, q = 0; p < row_size_; p += channels_, q += ld_) {
       int64_t c = 0;
       for (; c + 8 <= channels_; c += 8) {
         __builtin_prefetch(src + p + c + kRowsAhead * row_size_, 0, 1);
-        Store8(dst + p + c, Finish(Load8(src + p + c), e, c));
+        Store8(dst + q + c, Finish(Load8(src + p + c), e, c));
       }
-      for (; c < channels_; ++c) dst[p + c] = Finish(src[p + c], e, c);
+      for (; c < channels_; ++c) dst[q + c] = Finish(src[p + c], e, c);
     }
   }
   const float* src_;
   int64_t row_size_, channels_;
   BiasAct prologue_;
+  int64_t ld_;
   std::vector<int64_t> tags_;
   std::vector<bool> used_;
   std::vector<float> cache_;
@@ -472,21 +504,23 @@ bool WithRows(int64_t nr, int64_t kw, F fn) {
 }
 
 // out[o] = sum over the NR x 3 taps of rows[i][o * step + off + j * dj] * w[i][j], for
-// the interior columns, 8 channels at a time with their NR x 3 weights held in
-// registers, two pixels at a time (two independent chains of multiply-adds), taps
-// summed in DotTaps' order. Used where a pixel has at most kFewChannels (DotTaps
-// spends its time there setting up each pixel's taps: at 32x112x112x32 on an AVX2
-// CPU, 17 -> 11 ms) and on long rows (UseInterior).
+// the interior columns (the rows' pixels `ld` floats apart, out's `channels`), 8
+// channels at a time with their NR x 3 weights held in registers, two pixels at a
+// time (two independent chains of multiply-adds), taps summed in DotTaps' order. Used
+// where a pixel has at most kFewChannels (DotTaps spends its time there setting up
+// each pixel's taps: at 32x112x112x32 on an AVX2 CPU, 17 -> 11 ms) and on long rows
+// (UseInterior).
 constexpr int64_t kFewChannels = 32;
 template <int NR>
-void InteriorRow(float* __restrict out, const float* const* row_ptr, const float* const* w,
-                 const Interior& in, int64_t channels, const BiasAct& epilogue) {
+void InteriorRow(float* __restrict out, const float* const* row_ptr, int64_t ld,
+                 const float* const* w, const Interior& in, int64_t channels,
+                 const BiasAct& epilogue) {
   // Locals, not reloads through pointers the stores to `out` might alias.
   const float* rows[NR];
   for (int i = 0; i < NR; ++i) rows[i] = row_ptr[i];
   const BiasAct e = epilogue;
-  const int64_t lo = in.lo, hi = in.hi, step = in.step * channels, dj = in.dj * channels;
-  const int64_t first = (lo * in.step + in.off) * channels, vector_channels = channels / 8 * 8;
+  const int64_t lo = in.lo, hi = in.hi, step = in.step * ld, dj = in.dj * ld;
+  const int64_t first = (lo * in.step + in.off) * ld, vector_channels = channels / 8 * 8;
   auto finish = [&](V8 s, int64_t c) { return e.bias ? Finish(s, e, c) : s; };
   for (int64_t c = 0; c < vector_channels; c += 8) {
     V8 k[NR][3];
@@ -541,16 +575,18 @@ struct RowScratch {
 };
 
 // One output row: out_row[c] = sum over the row pairs rows[0..nr) (tap, source row
-// row_ptr[i]) and the column pairs cols_of(c) of source values times kernel taps,
-// through the epilogue `e`; the interior columns by InteriorRow where it applies.
+// row_ptr[i], its pixels `ld` floats apart) and the column pairs cols_of(c) of source
+// values times kernel taps, through the epilogue `e`; the interior columns by
+// InteriorRow where it applies.
 template <typename ColsOf>
 void GatherRow(const Geometry& g, const TapPair* rows, int64_t nr, const float* const* row_ptr,
-               int64_t n_cols, ColsOf cols_of, const Interior& interior, bool use_interior,
-               const float* k, float* out_row, const BiasAct& e, RowScratch& s) {
+               int64_t ld, int64_t n_cols, ColsOf cols_of, const Interior& interior,
+               bool use_interior, const KernelTaps& k, float* out_row, const BiasAct& e,
+               RowScratch& s) {
   const bool fast = use_interior && WithRows(nr, g.kw, [&](auto rows_c) {
     for (int64_t i = 0; i < nr; ++i)
-      for (int64_t j = 0; j < 3; ++j) s.w[i * 3 + j] = k + (rows[i].tap * 3 + j) * g.c;
-    InteriorRow<decltype(rows_c)::value>(out_row, row_ptr, s.w.data(), interior, g.c, e);
+      for (int64_t j = 0; j < 3; ++j) s.w[i * 3 + j] = k.Tap(rows[i].tap * 3 + j);
+    InteriorRow<decltype(rows_c)::value>(out_row, row_ptr, ld, s.w.data(), interior, g.c, e);
   });
   for (int64_t c = 0; c < n_cols; ++c) {
     if (fast && c == interior.lo) c = interior.hi;  // done above
@@ -559,8 +595,8 @@ void GatherRow(const Geometry& g, const TapPair* rows, int64_t nr, const float* 
     int64_t taps = 0;
     for (int64_t i = 0; i < nr; ++i) {
       for (int64_t j = 0; j < nc; ++j, ++taps) {
-        s.a[taps] = row_ptr[i] + s.cols[j].pos * g.c;
-        s.b[taps] = k + (rows[i].tap * g.kw + s.cols[j].tap) * g.c;
+        s.a[taps] = row_ptr[i] + s.cols[j].pos * ld;
+        s.b[taps] = k.Tap(rows[i].tap * g.kw + s.cols[j].tap);
       }
     }
     DotTaps(out_row + c * g.c, s.a.data(), s.b.data(), taps, g.c, e);
@@ -583,6 +619,7 @@ void GatherTaps(ffi::ThreadPool& pool, const Geometry& g, int64_t n_rows, int64_
                 int64_t src_rows, int64_t src_cols, const float* k, float* out,
                 const BiasAct& e = {}, const BiasAct& pro = {}, RowDone row_done = {}) {
   const bool use_interior = UseInterior(g, n_cols, interior);
+  const KernelTaps taps(k, g.kh * g.kw, g.c);
   ParallelFor(pool, g.n * n_rows, pool.num_threads(), [&](int64_t begin, int64_t end,
                                                           int64_t worker) {
     std::vector<TapPair> rows(g.kh);
@@ -596,8 +633,8 @@ void GatherTaps(ffi::ThreadPool& pool, const Geometry& g, int64_t n_rows, int64_
       for (int64_t i = 0; i < nr; ++i) row_index[i] = batch * src_rows + rows[i].pos;
       source.Get(row_index.data(), nr, row_ptr.data());
       float* out_row = out + row * n_cols * g.c;
-      GatherRow(g, rows.data(), nr, row_ptr.data(), n_cols, cols_of, interior, use_interior, k,
-                out_row, e, scratch);
+      GatherRow(g, rows.data(), nr, row_ptr.data(), source.stride(), n_cols, cols_of, interior,
+                use_interior, taps, out_row, e, scratch);
       row_done(worker, row, out_row);
     }
   });
@@ -683,14 +720,14 @@ void InputGrad(ffi::ThreadPool& pool, const Geometry& g, const float* dy, const 
 // * dy[o], 8 channels at a time with the NR x 3 sums in registers, so each
 // multiply-add loads one value where MulAccBroadcast loads two and stores one.
 template <int NR>
-void InteriorKernelGrad(float* acc, const float* const* rows, const TapPair* tap,
-                        const float* dy, const Interior& in, int64_t channels) {
-  const int64_t dj = in.dj * channels, vector_channels = channels / 8 * 8;
+void InteriorKernelGrad(float* acc, const float* const* rows, int64_t ld, const TapPair* tap,
+                        const float* dy, int64_t dy_ld, const Interior& in, int64_t channels) {
+  const int64_t dj = in.dj * ld, vector_channels = channels / 8 * 8;
   for (int64_t c = 0; c < vector_channels; c += 8) {
     V8 s[NR][3] = {};
     for (int64_t o = in.lo; o < in.hi; ++o) {
-      const int64_t p = (o * in.step + in.off) * channels + c;
-      const V8 d = Load8(dy + o * channels + c);
+      const int64_t p = (o * in.step + in.off) * ld + c;
+      const V8 d = Load8(dy + o * dy_ld + c);
       for (int i = 0; i < NR; ++i)
         for (int j = 0; j < 3; ++j) s[i][j] += Load8(rows[i] + p + j * dj) * d;
     }
@@ -705,7 +742,7 @@ void InteriorKernelGrad(float* acc, const float* const* rows, const TapPair* tap
       for (int j = 0; j < 3; ++j) {
         float s1 = 0.f;
         for (int64_t o = in.lo; o < in.hi; ++o)
-          s1 += rows[i][(o * in.step + in.off) * channels + c + j * dj] * dy[o * channels + c];
+          s1 += rows[i][(o * in.step + in.off) * ld + c + j * dj] * dy[o * dy_ld + c];
         acc[(tap[i].tap * 3 + j) * channels + c] += s1;
       }
   }
@@ -721,10 +758,12 @@ void SumPartials(float* dst, const std::vector<std::vector<float>>& partial, int
 // acc[(tap * kw + j) * C * M + ...] += one output row's kernel-gradient products:
 // the source rows row_ptr[0..nr) (taps rows[i].tap) times that output row's dy.
 void KernelGradRow(const Geometry& g, float* acc, const TapPair* rows, int64_t nr,
-                   const float* const* row_ptr, const float* dyrow, const Interior& interior) {
+                   const float* const* row_ptr, int64_t ld, const float* dyrow, int64_t dy_ld,
+                   const Interior& interior) {
   const int64_t cm = g.cm();
   const bool fast = interior.hi > interior.lo && WithRows(nr, g.kw, [&](auto rows_c) {
-    InteriorKernelGrad<decltype(rows_c)::value>(acc, row_ptr, rows, dyrow, interior, g.c);
+    InteriorKernelGrad<decltype(rows_c)::value>(acc, row_ptr, ld, rows, dyrow, dy_ld, interior,
+                                                g.c);
   });
   for (int64_t i = 0; i < nr; ++i) {
     for (int64_t ow = 0; ow < g.ow; ++ow) {
@@ -733,8 +772,8 @@ void KernelGradRow(const Geometry& g, float* acc, const TapPair* rows, int64_t n
       for (int64_t j = 0; j < g.kw; ++j) {
         const int64_t iw = InputIndex(ow, j, g.stride, g.rate, g.pad_left, g.w);
         if (iw >= 0)
-          MulAccBroadcast(acc + (rows[i].tap * g.kw + j) * cm, row_ptr[i] + iw * g.c,
-                          dyrow + ow * cm, g.c, g.m);
+          MulAccBroadcast(acc + (rows[i].tap * g.kw + j) * cm, row_ptr[i] + iw * ld,
+                          dyrow + ow * dy_ld, g.c, g.m);
       }
     }
   }
@@ -759,8 +798,8 @@ void KernelGrad(ffi::ThreadPool& pool, const Geometry& g, const float* x, const 
       const int64_t b = row / g.oh, oh = row % g.oh;
       const int64_t nr = InputsOf(oh, g.kh, g.stride, g.rate, g.pad_top, g.h, rows.data());
       for (int64_t i = 0; i < nr; ++i) row_ptr[i] = x + (b * g.h + rows[i].pos) * g.w * g.c;
-      KernelGradRow(g, partial[worker].data(), rows.data(), nr, row_ptr.data(),
-                    dy + row * g.ow * cm, interior);
+      KernelGradRow(g, partial[worker].data(), rows.data(), nr, row_ptr.data(), g.c,
+                    dy + row * g.ow * cm, cm, interior);
     }
   });
   SumPartials(dk, partial, taps * cm);
@@ -805,8 +844,11 @@ void BackwardThroughPrologue(ffi::ThreadPool& pool, const Geometry& g, const flo
   const int64_t workers = Workers(pool, g.n * g.oh);
   std::vector<std::vector<float>> partial(workers, std::vector<float>(g.kh * g.kw * c, 0.f));
   ChannelSums totals(workers, c);
+  const KernelTaps taps(k, g.kh * g.kw, c);
+  // dy rows made here are PaddedStride(C) floats a pixel; dz's are C.
+  const int64_t dy_ld = grad.y ? PaddedStride(c) : c;
   ParallelFor(pool, g.n * g.oh, workers, [&](int64_t begin, int64_t end, int64_t worker) {
-    std::vector<float> made(grad.y ? ring * dy_row : 0);
+    std::vector<float> made(grad.y ? ring * g.ow * dy_ld : 0);
     std::vector<const float*> dy(ring);  // output row u's dy at u % ring
     auto make_dy = [&](int64_t b, int64_t u) {
       const int64_t at = (b * g.oh + u) * dy_row;
@@ -814,9 +856,9 @@ void BackwardThroughPrologue(ffi::ThreadPool& pool, const Geometry& g, const flo
         dy[u % ring] = dz + at;
         return;
       }
-      float* row = made.data() + (u % ring) * dy_row;
-      for (int64_t p = 0; p < dy_row; p += c)
-        GradRow(row + p, dz + at + p, grad.y + at + p, grad, c, dy_row);
+      float* row = made.data() + (u % ring) * g.ow * dy_ld;
+      for (int64_t p = 0, q = 0; p < dy_row; p += c, q += dy_ld)
+        GradRow(row + q, dz + at + p, grad.y + at + p, grad, c, dy_row);
       dy[u % ring] = row;
     };
     std::vector<TapPair> rows(g.kh), readers(g.kh);
@@ -832,14 +874,14 @@ void BackwardThroughPrologue(ffi::ThreadPool& pool, const Geometry& g, const flo
       const int64_t nr = InputsOf(oh, g.kh, g.stride, g.rate, g.pad_top, g.h, rows.data());
       for (int64_t i = 0; i < nr; ++i) row_index[i] = b * g.h + rows[i].pos;
       source.Get(row_index.data(), nr, row_ptr.data());
-      KernelGradRow(g, partial[worker].data(), rows.data(), nr, row_ptr.data(), dy[oh % ring],
-                    forward);
+      KernelGradRow(g, partial[worker].data(), rows.data(), nr, row_ptr.data(), source.stride(),
+                    dy[oh % ring], dy_ld, forward);
       for (int64_t ih : last_read_by[oh]) {
         const int64_t n = OutputsOf(ih, g.kh, g.stride, g.rate, g.pad_top, g.oh, readers.data());
         for (int64_t i = 0; i < n; ++i) reader_ptr[i] = dy[readers[i].pos % ring];
         float* out = dx + (b * g.h + ih) * x_row;
-        GatherRow(g, readers.data(), n, reader_ptr.data(), g.w, InputGradColumns(g), backward,
-                  use_interior, k, out, {}, scratch);
+        GatherRow(g, readers.data(), n, reader_ptr.data(), dy_ld, g.w, InputGradColumns(g),
+                  backward, use_interior, taps, out, {}, scratch);
         totals.AddRow(worker, out, out, x + (b * g.h + ih) * x_row, pro, g.w);
       }
     }
