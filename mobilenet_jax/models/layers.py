@@ -20,7 +20,7 @@ from mobilenet_jax.ops.conv import Conv, KernelParam, conv
 from mobilenet_jax.ops.depthwise import IMPL_FNS as depthwise_fns
 from mobilenet_jax.ops.depthwise import (DepthwiseConv, depthwise_batchnorm, depthwise_bias_act,
                                          resolve_impl)
-from mobilenet_jax.ops.pointwise import Pointwise, pointwise, sums_from_input
+from mobilenet_jax.ops.pointwise import Pointwise, pointwise
 from mobilenet_jax.ops import quantize
 
 Padding = Union[str, Sequence[Tuple[int, int]]]
@@ -80,8 +80,10 @@ class ConvBN(nn.Module):
                        epsilon=s.bn_epsilon, axis_name=s.bn_axis_name, dtype=s.dtype,
                        name="bn")(self.convolution(x))
       return activate(x, self.activation)
-    if deferred and self.sums_from_input(x):
-      # An expansion: its batch statistics from its input (ops/pointwise.py).
+    if deferred and self.is_pointwise():
+      # A 1x1 product gives its batch statistics where it has them cheaper: an
+      # expansion's from its input, a long thin product's with its gradients' pass
+      # (ops/pointwise.py); None: batch norm takes them.
       y, sums = self.convolution(x, with_sums=True)
       return self.batch_norm(train, frozen)(y, defer=True, sums=sums)
     return self.batch_norm(train, frozen)(self.convolution(x), defer=deferred)
@@ -108,12 +110,6 @@ class ConvBN(nn.Module):
 
   def is_pointwise(self) -> bool:
     return self.kernel_size == 1 and self.strides == 1 and self.groups == 1
-
-  def sums_from_input(self, x) -> bool:
-    """Whether this layer's batch statistics come from its input (an expansion)."""
-    s = self.settings
-    return self.is_pointwise() and sums_from_input(x.shape[-1], self.features, s.dtype,
-                                                   s.depthwise_impl)
 
   def reads_pending(self, x) -> bool:
     """Whether this depthwise layer applies x's pending batch norm itself (the

@@ -1192,6 +1192,101 @@ void PointwiseKernelGradSums(ffi::ThreadPool& pool, const float* x, const float*
   SumPartials(dk, partial, size);
 }
 
+// dx[p, c] = sum over f of dy[p, f] * kt[f, c] for P pixels (kt: the kernel
+// transposed, F x C): 32 channels of P pixels' sums in registers, each of the
+// kernel's loads serving the P pixels.
+template <int P>
+void PointwiseInputGradPixels(float* dx, const float* dy, const float* kt, int64_t channels,
+                              int64_t features) {
+  int64_t c = 0;
+  for (; c + 32 <= channels; c += 32) {
+    V8 sum[P][4] = {};
+    for (int64_t f = 0; f < features; ++f) {
+      V8 w[4];
+      for (int u = 0; u < 4; ++u) w[u] = Load8(kt + f * channels + c + 8 * u);
+      for (int p = 0; p < P; ++p) {
+        const float dv = dy[p * features + f];
+        const V8 v = {dv, dv, dv, dv, dv, dv, dv, dv};
+        for (int u = 0; u < 4; ++u) sum[p][u] += v * w[u];
+      }
+    }
+    for (int p = 0; p < P; ++p)
+      for (int u = 0; u < 4; ++u) Store8(dx + p * channels + c + 8 * u, sum[p][u]);
+  }
+  for (; c + 8 <= channels; c += 8) {
+    V8 sum[P] = {};
+    for (int64_t f = 0; f < features; ++f) {
+      const V8 w = Load8(kt + f * channels + c);
+      for (int p = 0; p < P; ++p) sum[p] += (V8{} + dy[p * features + f]) * w;
+    }
+    for (int p = 0; p < P; ++p) Store8(dx + p * channels + c, sum[p]);
+  }
+  for (; c < channels; ++c)
+    for (int p = 0; p < P; ++p) {
+      float sum = 0.f;
+      for (int64_t f = 0; f < features; ++f) sum += dy[p * features + f] * kt[f * channels + c];
+      dx[p * channels + c] = sum;
+    }
+}
+
+// Both gradients of y = x @ k (x (P, C), k (C, F)) whose sums (of y and y * y: batch
+// norm's statistics, batchnorm.native_sums) are an output too: from the cotangents
+// dz of y and (d0, d1) of the sums, dy = dz + d0 + 2 * d1 * y. One pass over blocks
+// of 32 pixels makes each block's dy in L1, adds its kernel-gradient products
+// (PointwiseGradBlock) and computes its rows of dx = dy k^T. XLA made dy in a pass of
+// its own (reading dz and y, writing dy) and read it once per product, the two products
+// at once on the two cores (docs/performance.md, "One pass for a 1x1 layer's
+// gradients").
+void PointwiseBackwardThroughSums(ffi::ThreadPool& pool, const float* x, const float* k,
+                                  const float* dz, const float* y, const float* d0,
+                                  const float* d1, float* dx, float* dk, int64_t pixels,
+                                  int64_t channels, int64_t features) {
+  constexpr int64_t kBlock = 32;
+  const int64_t blocks = (pixels + kBlock - 1) / kBlock, size = channels * features;
+  const int64_t workers = Workers(pool, blocks), pixels_at_once = kWideRegisters ? 4 : 2;
+  std::vector<float> kt(size), two_d1(features);
+  for (int64_t c = 0; c < channels; ++c)
+    for (int64_t f = 0; f < features; ++f) kt[f * channels + c] = k[c * features + f];
+  for (int64_t f = 0; f < features; ++f) two_d1[f] = 2.f * d1[f];
+  std::vector<std::vector<float>> partial(workers, std::vector<float>(size, 0.f));
+  ParallelFor(pool, blocks, workers, [&](int64_t begin, int64_t end, int64_t worker) {
+    std::vector<float> dy(kBlock * features);
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t p0 = b * kBlock, n = std::min(kBlock, pixels - p0);
+      const float *zb = dz + p0 * features, *yb = y + p0 * features;
+      // The next block's x, dz and y are asked for while this one computes from L1.
+      const int64_t ahead = b + 1 < end ? kBlock : 0;
+      for (int64_t i = 0; i < n * channels; i += 16)
+        __builtin_prefetch(x + (p0 + ahead) * channels + i);
+      for (int64_t i = 0; i < n * features; i += features) {
+        int64_t f = 0;
+        for (; f + 8 <= features; f += 8) {
+          __builtin_prefetch(zb + ahead * features + i + f);
+          __builtin_prefetch(yb + ahead * features + i + f);
+          Store8(dy.data() + i + f, Load8(zb + i + f) + Load8(d0 + f) +
+                                        Load8(two_d1.data() + f) * Load8(yb + i + f));
+        }
+        for (; f < features; ++f) dy[i + f] = zb[i + f] + d0[f] + two_d1[f] * yb[i + f];
+      }
+      PointwiseGradBlock(partial[worker].data(), x + p0 * channels, dy.data(), n, channels,
+                         features);
+      float* dxb = dx + p0 * channels;
+      int64_t p = 0;
+      if (pixels_at_once == 4)
+        for (; p + 4 <= n; p += 4)
+          PointwiseInputGradPixels<4>(dxb + p * channels, dy.data() + p * features, kt.data(),
+                                      channels, features);
+      for (; p + 2 <= n; p += 2)
+        PointwiseInputGradPixels<2>(dxb + p * channels, dy.data() + p * features, kt.data(),
+                                    channels, features);
+      for (; p < n; ++p)
+        PointwiseInputGradPixels<1>(dxb + p * channels, dy.data() + p * features, kt.data(),
+                                    channels, features);
+    }
+  });
+  SumPartials(dk, partial, size);
+}
+
 ffi::Error CheckRanks(size_t a, size_t b, size_t c) {
   if (a != 4 || b != 4 || c != 4)
     return ffi::Error::InvalidArgument("depthwise_cpu: operands must be rank 4 (NHWC, HWIO)");
@@ -1406,6 +1501,24 @@ ffi::Error NarrowConvKernelGradImpl(ffi::ThreadPool pool, F32 x, F32 dy, F32Out 
   return ffi::Error::Success();
 }
 
+// x: (P, C), k: (C, F), dz and y: (P, F), d0 and d1: (F); dx: (P, C), dk: (C, F).
+ffi::Error PointwiseBackwardSumsImpl(ffi::ThreadPool pool, F32 x, F32 k, F32 dz, F32 y, F32 d0,
+                                     F32 d1, F32Out dx, F32Out dk) {
+  auto sx = x.dimensions(), sk = k.dimensions(), sz = dz.dimensions();
+  if (sx.size() != 2 || sk.size() != 2 || sz.size() != 2 || sk[0] != sx[1] ||
+      sz[0] != sx[0] || sz[1] != sk[1] || y.element_count() != dz.element_count() ||
+      d0.element_count() != static_cast<size_t>(sk[1]) ||
+      d1.element_count() != static_cast<size_t>(sk[1]) ||
+      dx->element_count() != x.element_count() || dk->element_count() != k.element_count())
+    return ffi::Error::InvalidArgument(
+        "pointwise_backward_sums_cpu: need x (P, C), k (C, F), dz and y (P, F), d0 and d1 "
+        "(F), dx (P, C) and dk (C, F)");
+  PointwiseBackwardThroughSums(pool, x.typed_data(), k.typed_data(), dz.typed_data(),
+                               y.typed_data(), d0.typed_data(), d1.typed_data(),
+                               dx->typed_data(), dk->typed_data(), sx[0], sx[1], sk[1]);
+  return ffi::Error::Success();
+}
+
 // x: (P, C), dy: (P, F), dk: (C, F).
 ffi::Error PointwiseKernelGradImpl(ffi::ThreadPool pool, F32 x, F32 dy, F32Out dk) {
   auto sx = x.dimensions(), sy = dy.dimensions(), sk = dk->dimensions();
@@ -1489,3 +1602,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(NarrowConvKernelGrad, NarrowConvKernelGradImpl,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     PointwiseKernelGrad, PointwiseKernelGradImpl,
     ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Ret<F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(PointwiseBackwardSums, PointwiseBackwardSumsImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Ret<F32>()
+                                  .Ret<F32>());

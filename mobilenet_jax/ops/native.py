@@ -43,6 +43,7 @@ TARGETS = {
     "NarrowConvForward": "mobilenet_jax_narrow_conv",
     "NarrowConvKernelGrad": "mobilenet_jax_narrow_conv_kernel_grad",
     "PointwiseKernelGrad": "mobilenet_jax_pointwise_kernel_grad",
+    "PointwiseBackwardSums": "mobilenet_jax_pointwise_backward_sums",
 }
 # Tried in order: tuned for this CPU, then portable (compilers without -march=native).
 ARCH_FLAGS = (["-march=native"], [])

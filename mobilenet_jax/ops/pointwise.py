@@ -8,11 +8,17 @@ contractions at a third to a quarter of the speed the kernel's register tiles re
 (docs/performance.md, "AMD EPYC, Zen 4"). The forward product and the input
 gradient stay XLA's. tests/pointwise_test.py checks both gradients against XLA's.
 
-In training, an expansion (many more output features than input channels) whose
-batch norm is applied by the native depthwise layer after it takes that batch norm's
-statistics from its input instead of its output (`product_sums`): in V2's train step
-on a Zen 4 EPYC, 1.04x faster in the median of six alternated pairs
-(docs/performance.md, "An expansion's statistics from its input").
+In training, a product whose batch norm is applied by the native depthwise layer
+after it gives that batch norm's statistics itself (`Pointwise(with_sums=True)`):
+- an expansion (many more output features than input channels), from its input
+  (`product_sums`): in V2's train step on a Zen 4 EPYC, 1.04x faster in the median of
+  six alternated pairs (docs/performance.md, "An expansion's statistics from its
+  input");
+- a product whose kernel gradient is the native kernel's, from its output, with both
+  gradients from one native pass that also applies the statistics' part of batch
+  norm's backward (`dot_and_sums`): V1's train step 1.013x in the median of five
+  alternated pairs on a Zen 4 EPYC (docs/performance.md, "One pass for a 1x1 layer's
+  gradients").
 """
 
 from typing import Callable
@@ -23,6 +29,7 @@ import jax.numpy as jnp
 
 from mobilenet_jax.errors import check_choice
 from mobilenet_jax.ops import native
+from mobilenet_jax.ops.batchnorm import native_sums
 from mobilenet_jax.ops.depthwise import resolve_impl
 from mobilenet_jax.ops.sharding import vary_like
 
@@ -61,17 +68,22 @@ class Pointwise(nn.Module):
 
   @nn.compact
   def __call__(self, x, with_sums: bool = False):
-    """The product; `with_sums` (float32, the native kernels in use), the pair
-    (product, product_sums of it)."""
+    """The product; `with_sums` (training, its batch norm applied later), the pair
+    (product, its sums as batchnorm.native_sums gives them), the sums None where
+    the product has no cheaper way to them than batch norm's own pass."""
     check_choice("pointwise_impl", self.impl, POINTWISE_IMPLS)
     kernel = self.param("kernel", self.kernel_init,
                         (1, 1, x.shape[-1], self.features))
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    y = pointwise(x, kernel, self.impl, self.depthwise_impl)
     if not with_sums:
-      return y
-    x2 = x.reshape(-1, x.shape[-1])
-    return y, product_sums(x2, kernel[0, 0])
+      return pointwise(x, kernel, self.impl, self.depthwise_impl)
+    x2, kernel2 = x.reshape(-1, x.shape[-1]), kernel[0, 0]
+    if sums_from_input(x.shape[-1], self.features, x.dtype, self.depthwise_impl):
+      return pointwise(x, kernel, self.impl, self.depthwise_impl), product_sums(x2, kernel2)
+    if self.impl == "dot" and uses_native_grad(x2.shape[0], self.features, x.dtype,
+                                               self.depthwise_impl):
+      return dot_and_sums(x, kernel2)
+    return pointwise(x, kernel, self.impl, self.depthwise_impl), None
 
 
 def sums_from_input(channels: int, features: int, dtype, depthwise_impl: str) -> bool:
@@ -120,6 +132,39 @@ def _dot_native_grad_bwd(residuals, dy):
 
 
 dot_native_grad.defvjp(_dot_native_grad_fwd, _dot_native_grad_bwd)
+
+
+def dot_and_sums(x, kernel):
+  """(y, native_sums(y)) for y = x (..., C) times kernel (C, F), float32, where the
+  native kernel takes the kernel's gradient (uses_native_grad). Both gradients come
+  from one native pass (PointwiseBackwardSums), which makes y's whole gradient, dz
+  + d0 + 2 * d1 * y (the sums' part, native_sums' VJP), block by block as it reads
+  dz and y. Under autodiff XLA stores that sum, then the two products read it
+  (docs/performance.md, "One pass for a 1x1 layer's gradients")."""
+  return _dot_and_sums(x, vary_like(kernel, x))  # as dot_native_grad's kernel
+
+
+@jax.custom_vjp
+def _dot_and_sums(x, kernel):
+  return _dot_and_sums_fwd(x, kernel)[0]
+
+
+def _dot_and_sums_fwd(x, kernel):
+  y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel).reshape(*x.shape[:-1], kernel.shape[1])
+  # Summed in x's shape, as batch norm sums its input (rows of one image row).
+  return (y, native_sums(y)), (x, kernel, y)
+
+
+def _dot_and_sums_bwd(residuals, cotangents):
+  x, kernel, y = residuals
+  dz, dsums = cotangents
+  flat = lambda a: a.reshape(-1, a.shape[-1])
+  dx, dkernel = native.call("PointwiseBackwardSums", [flat(x).shape, kernel.shape], flat(x),
+                            kernel, flat(dz), flat(y), dsums[0], dsums[1])
+  return dx.reshape(x.shape), dkernel
+
+
+_dot_and_sums.defvjp(_dot_and_sums_fwd, _dot_and_sums_bwd)
 
 
 def gram(x):
