@@ -75,15 +75,15 @@ class Pointwise(nn.Module):
     kernel = self.param("kernel", self.kernel_init,
                         (1, 1, x.shape[-1], self.features))
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    from_input = sums_from_input(x.shape[-1], self.features, x.dtype, self.depthwise_impl)
+    if (with_sums and not from_input and self.impl == "dot"
+        and uses_native_grad(x.size // x.shape[-1], self.features, x.dtype,
+                             self.depthwise_impl)):
+      return dot_and_sums(x, kernel[0, 0])
+    y = pointwise(x, kernel, self.impl, self.depthwise_impl)
     if not with_sums:
-      return pointwise(x, kernel, self.impl, self.depthwise_impl)
-    x2, kernel2 = x.reshape(-1, x.shape[-1]), kernel[0, 0]
-    if sums_from_input(x.shape[-1], self.features, x.dtype, self.depthwise_impl):
-      return pointwise(x, kernel, self.impl, self.depthwise_impl), product_sums(x2, kernel2)
-    if self.impl == "dot" and uses_native_grad(x2.shape[0], self.features, x.dtype,
-                                               self.depthwise_impl):
-      return dot_and_sums(x, kernel2)
-    return pointwise(x, kernel, self.impl, self.depthwise_impl), None
+      return y
+    return y, (product_sums(x.reshape(-1, x.shape[-1]), kernel[0, 0]) if from_input else None)
 
 
 def sums_from_input(channels: int, features: int, dtype, depthwise_impl: str) -> bool:
