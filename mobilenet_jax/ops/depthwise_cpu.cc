@@ -1243,7 +1243,7 @@ void PointwiseBackwardThroughSums(ffi::ThreadPool& pool, const float* x, const f
                                   int64_t channels, int64_t features) {
   constexpr int64_t kBlock = 32;
   const int64_t blocks = (pixels + kBlock - 1) / kBlock, size = channels * features;
-  const int64_t workers = Workers(pool, blocks), pixels_at_once = kWideRegisters ? 4 : 2;
+  const int64_t workers = Workers(pool, blocks);
   std::vector<float> kt(size), two_d1(features);
   for (int64_t c = 0; c < channels; ++c)
     for (int64_t f = 0; f < features; ++f) kt[f * channels + c] = k[c * features + f];
@@ -1254,25 +1254,18 @@ void PointwiseBackwardThroughSums(ffi::ThreadPool& pool, const float* x, const f
     for (int64_t b = begin; b < end; ++b) {
       const int64_t p0 = b * kBlock, n = std::min(kBlock, pixels - p0);
       const float *zb = dz + p0 * features, *yb = y + p0 * features;
-      // The next block's x, dz and y are asked for while this one computes from L1.
-      const int64_t ahead = b + 1 < end ? kBlock : 0;
-      for (int64_t i = 0; i < n * channels; i += 16)
-        __builtin_prefetch(x + (p0 + ahead) * channels + i);
       for (int64_t i = 0; i < n * features; i += features) {
         int64_t f = 0;
-        for (; f + 8 <= features; f += 8) {
-          __builtin_prefetch(zb + ahead * features + i + f);
-          __builtin_prefetch(yb + ahead * features + i + f);
+        for (; f + 8 <= features; f += 8)
           Store8(dy.data() + i + f, Load8(zb + i + f) + Load8(d0 + f) +
                                         Load8(two_d1.data() + f) * Load8(yb + i + f));
-        }
         for (; f < features; ++f) dy[i + f] = zb[i + f] + d0[f] + two_d1[f] * yb[i + f];
       }
       PointwiseGradBlock(partial[worker].data(), x + p0 * channels, dy.data(), n, channels,
                          features);
       float* dxb = dx + p0 * channels;
       int64_t p = 0;
-      if (pixels_at_once == 4)
+      if (kWideRegisters)  // 4 pixels' sums take 16 of the 32 registers
         for (; p + 4 <= n; p += 4)
           PointwiseInputGradPixels<4>(dxb + p * channels, dy.data() + p * features, kt.data(),
                                       channels, features);
